@@ -1,0 +1,1 @@
+"""hetsearch.cmpnas — training: data, model families, compatibility losses, supernet, search, evaluation."""

@@ -1,0 +1,1 @@
+"""hetsearch.export — ONNX / TFLite / Core ML bundles, parity and compatibility checks, latency profiles."""

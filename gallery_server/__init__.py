@@ -1,0 +1,1 @@
+"""hetsearch.gallery_server — the gRPC gallery service over faiss, durable and guarded by embedding space."""

@@ -1,0 +1,89 @@
+"""The ``hetsearch`` command line.
+
+Each part registers its own sub-commands (``register(subparsers)``) and imports
+its heavy dependencies (torch, faiss, runtimes) only when a command runs, so
+``hetsearch --help`` is instant and the SDK-only install still has a CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from . import __version__
+from .errors import HetsearchError
+
+# Modules that contribute sub-commands, in the order they appear in --help.
+COMMAND_MODULES = (
+    "hetsearch.cmpnas.cli",  # train, eval, nas
+    "hetsearch.export.cli",  # export, check, profile
+    "hetsearch.gallery_server.cli",  # index, serve
+    "hetsearch.sdk.cli",  # query
+    "hetsearch.demo",  # demo
+)
+
+EPILOG = """\
+The story, end to end:
+  hetsearch train gallery --data fashion-mnist --arch resnet-gallery --out runs/gallery
+  hetsearch train query --data fashion-mnist --gallery runs/gallery --arch mbv3-small --out runs/query
+  hetsearch eval --data fashion-mnist --query runs/query --gallery runs/gallery
+  hetsearch nas supernet --gallery runs/gallery --data fashion-mnist --out runs/supernet
+  hetsearch nas search --supernet runs/supernet --budgets 0.3,0.6 --out runs/search
+  hetsearch export runs/query --formats onnx,tflite,coreml --out bundles/query
+  hetsearch index --gallery runs/gallery --data fashion-mnist --out gallery-data
+  hetsearch serve --data-dir gallery-data --port 50051
+  hetsearch query --bundle bundles/query --server localhost:50051 shoe.png
+
+Run `hetsearch COMMAND --help` for the options and examples of each command.
+"""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hetsearch",
+        description="Heterogeneous visual search: compact query models compatible with a large gallery model.",
+        epilog=EPILOG,
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"hetsearch {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ImportError as exc:  # a part whose CLI module is missing in this install
+            logging.getLogger("hetsearch").debug("commands of %s unavailable: %s", name, exc)
+            continue
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0 if args.command is None else 2
+    try:
+        rc = args.func(args)
+    except HetsearchError as exc:
+        print(f"hetsearch {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

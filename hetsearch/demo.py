@@ -1,0 +1,5 @@
+"""``hetsearch demo`` (filled in as the pipeline grows)."""
+
+
+def register(sub) -> None:
+    return None
