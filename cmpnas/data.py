@@ -1,0 +1,270 @@
+"""Datasets: Fashion-MNIST (Debian's dataset-fashion-mnist), ImageFolder trees and .npz files.
+
+Every source is loaded into an :class:`ImageSet` — uint8 images and int labels
+in memory — and converted to a model's fixed input size and channel count with
+:meth:`ImageSet.as_model_input`. Splits are deterministic under a seed and
+stratified by class.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from hetsearch.errors import DataError
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+
+
+@dataclass
+class ImageSet:
+    """Images (a uint8 array N×H×W×C, or a list of such arrays of varying size) and labels."""
+
+    images: np.ndarray | list
+    labels: np.ndarray
+    classes: list[str]
+    source: str
+    names: list[str] | None = None  # file names (ImageFolder) or None
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def subset(self, index: Sequence[int] | np.ndarray, tag: str = "subset") -> "ImageSet":
+        index = np.asarray(index, dtype=np.int64)
+        if isinstance(self.images, np.ndarray):
+            images = self.images[index]
+        else:
+            images = [self.images[i] for i in index]
+        names = [self.names[i] for i in index] if self.names is not None else None
+        return ImageSet(images, self.labels[index], self.classes, f"{self.source}[{tag}]", names)
+
+    def metadata(self, i: int) -> str:
+        """A short description of item i: its file name, or its class name."""
+        label = self.classes[int(self.labels[i])]
+        if self.names is not None:
+            return f"{self.names[i]} ({label})"
+        return f"{self.source}#{i} ({label})"
+
+    def as_model_input(self, height: int, width: int, channels: int) -> np.ndarray:
+        """uint8 array N×C×H×W at the model's size and channel count (cached)."""
+        key = (height, width, channels)
+        if key not in self._cache:
+            self._cache[key] = convert_images(self.images, height, width, channels)
+        return self._cache[key]
+
+
+def convert_images(images, height: int, width: int, channels: int) -> np.ndarray:
+    """Resize (bilinear) and convert channels; returns uint8 N×C×H×W."""
+    from PIL import Image
+
+    n = len(images)
+    out = np.empty((n, channels, height, width), dtype=np.uint8)
+    uniform = isinstance(images, np.ndarray)
+    if uniform and images.shape[1:3] == (height, width) and images.shape[3] == channels:
+        return np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+    for i in range(n):
+        img = images[i]
+        if img.shape[2] != channels:
+            img = img.mean(axis=2, keepdims=True).round().astype(np.uint8) if channels == 1 else np.repeat(img, 3, axis=2)
+        if img.shape[:2] != (height, width):
+            pil = Image.fromarray(img[..., 0] if channels == 1 else img)
+            pil = pil.resize((width, height), Image.BILINEAR)
+            img = np.asarray(pil).reshape(height, width, channels)
+        out[i] = img.transpose(2, 0, 1)
+    return out
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    try:
+        with gzip.open(path, "rb") as fh:
+            data = fh.read()
+    except (OSError, EOFError) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from exc
+    if len(data) < 4:
+        raise DataError(f"{path} is too short to be an idx file")
+    zero, dtype_code, ndim = data[0:2], data[2], data[3]
+    if zero != b"\x00\x00" or dtype_code != 0x08:
+        raise DataError(f"{path} is not an idx file of unsigned bytes")
+    dims = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(dims)):
+        raise DataError(f"{path}: header says {dims} but holds {body.size} bytes")
+    return body.reshape(dims)
+
+
+def fashion_mnist_dir(data_dir: str | None = None) -> Path:
+    return Path(data_dir or os.environ.get("HETSEARCH_FASHION_MNIST") or FASHION_MNIST_DIR)
+
+
+def load_fashion_mnist(split: str = "train", data_dir: str | None = None) -> ImageSet:
+    root = fashion_mnist_dir(data_dir)
+    prefix = {"train": "train", "test": "t10k"}.get(split)
+    if prefix is None:
+        raise DataError(f"fashion-mnist has splits 'train' and 'test', not {split!r}")
+    img_path = root / f"{prefix}-images-idx3-ubyte.gz"
+    lab_path = root / f"{prefix}-labels-idx1-ubyte.gz"
+    for p in (img_path, lab_path):
+        if not p.exists():
+            raise DataError(
+                f"Fashion-MNIST file {p} not found; install it with `apt-get install dataset-fashion-mnist` "
+                "or pass --data-dir DIR holding the four idx .gz files"
+            )
+    images = _read_idx(img_path)
+    labels = _read_idx(lab_path).astype(np.int64)
+    if images.shape[0] != labels.shape[0]:
+        raise DataError(f"{img_path} has {images.shape[0]} images but {lab_path} has {labels.shape[0]} labels")
+    return ImageSet(images[..., None], labels, list(FASHION_MNIST_CLASSES), f"fashion-mnist:{split}")
+
+
+def load_npz(path: str | Path) -> ImageSet:
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            keys = set(z.files)
+            for key in ("images", "labels"):
+                if key not in keys:
+                    raise DataError(f"{path}: missing key {key!r} (has {sorted(keys)}); expected 'images' and 'labels'")
+            images, labels = z["images"], z["labels"]
+            classes = [str(c) for c in z["classes"]] if "classes" in keys else None
+    except DataError:
+        raise
+    except Exception as exc:  # zipfile.BadZipFile, ValueError, OSError …
+        raise DataError(f"cannot read {path} as .npz: {exc}") from exc
+    if images.dtype != np.uint8:
+        raise DataError(f"{path}: key 'images' must be uint8, got {images.dtype}")
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[3] not in (1, 3):
+        raise DataError(f"{path}: key 'images' must be N×H×W or N×H×W×C with C in (1, 3), got shape {images.shape}")
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{path}: key 'labels' must be a 1-D integer array, got {labels.dtype} {labels.shape}")
+    if labels.shape[0] != images.shape[0]:
+        raise DataError(f"{path}: {images.shape[0]} images but {labels.shape[0]} labels")
+    if len(labels) == 0:
+        raise DataError(f"{path}: holds no images")
+    if labels.min() < 0:
+        raise DataError(f"{path}: key 'labels' has negative values")
+    labels = labels.astype(np.int64)
+    n_classes = int(labels.max()) + 1
+    if classes is None or len(classes) != n_classes:
+        classes = [str(i) for i in range(n_classes)]
+    return ImageSet(np.ascontiguousarray(images), labels, classes, f"npz:{path.name}")
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read one image file as uint8 H×W×C (C = 1 for grayscale, 3 otherwise)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("L", "I;16", "I", "F", "1", "LA"):
+                arr = np.asarray(im.convert("L"))[..., None]
+            else:
+                arr = np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise DataError(f"cannot read image {path}: {exc}") from exc
+    return arr
+
+
+def load_image_folder(root: str | Path) -> ImageSet:
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root} is not a folder")
+    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not class_dirs:
+        raise DataError(f"{root} has no class subfolders; expected ImageFolder layout ROOT/CLASS/IMAGE.png")
+    images, labels, names = [], [], []
+    for label, d in enumerate(class_dirs):
+        files = sorted(f for f in d.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DataError(f"class folder {d} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        for f in files:
+            images.append(read_image(f))
+            labels.append(label)
+            names.append(f"{d.name}/{f.name}")
+    channels = 3 if any(im.shape[2] == 3 for im in images) else 1
+    if channels == 3:
+        images = [np.repeat(im, 3, axis=2) if im.shape[2] == 1 else im for im in images]
+    shapes = {im.shape for im in images}
+    stacked = np.stack(images) if len(shapes) == 1 else images
+    return ImageSet(stacked, np.asarray(labels, dtype=np.int64), [d.name for d in class_dirs], f"folder:{root.name}", names)
+
+
+def load_data(data: str, split: str | None = None, data_dir: str | None = None) -> ImageSet:
+    """Load ``--data``: ``fashion-mnist``, an ImageFolder directory or an ``.npz`` file.
+
+    ``split`` applies to fashion-mnist only ("train" or "test"); folders and .npz are used whole.
+    """
+    if data in ("fashion-mnist", "fashion_mnist", "fmnist"):
+        return load_fashion_mnist(split or "train", data_dir)
+    p = Path(data)
+    if not p.exists():
+        raise DataError(f"--data {data!r}: no such file or folder (use 'fashion-mnist', a folder or an .npz)")
+    if p.is_dir():
+        return load_image_folder(p)
+    if p.suffix.lower() == ".npz":
+        return load_npz(p)
+    raise DataError(f"--data {data!r}: expected 'fashion-mnist', an ImageFolder directory or an .npz file")
+
+
+# ----------------------------------------------------------------------------- splits
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (rest, held) with ``fraction`` of every class held out; deterministic under seed."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError("fraction must be in (0, 1)")
+    rng = np.random.default_rng(seed)
+    held = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        rng.shuffle(idx)
+        k = int(round(len(idx) * fraction))
+        if len(idx) > 1:
+            k = min(max(k, 1), len(idx) - 1)
+        else:
+            k = 0
+        held.append(idx[:k])
+    held = np.sort(np.concatenate(held)) if held else np.zeros(0, np.int64)
+    mask = np.ones(len(labels), bool)
+    mask[held] = False
+    return np.flatnonzero(mask), held
+
+
+def stratified_sample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """A deterministic, class-balanced sample of ``n`` indices (all of them when n >= len)."""
+    if n >= len(labels):
+        return np.arange(len(labels))
+    _, held = stratified_split(labels, n / len(labels), seed)
+    return held
+
+
+def train_val_split(ds: ImageSet, val_fraction: float = 0.1, seed: int = 0,
+                    max_train_samples: int | None = None, max_val_samples: int | None = None) -> tuple[ImageSet, ImageSet]:
+    """Carve a validation split (model selection only) from training data."""
+    train_idx, val_idx = stratified_split(ds.labels, val_fraction, seed)
+    if max_train_samples:
+        train_idx = train_idx[stratified_sample(ds.labels[train_idx], max_train_samples, seed + 1)]
+    if max_val_samples:
+        val_idx = val_idx[stratified_sample(ds.labels[val_idx], max_val_samples, seed + 2)]
+    return ds.subset(train_idx, "train"), ds.subset(val_idx, "val")
