@@ -1,0 +1,27 @@
+"""``python -m hetsearch.gallery_server serve ...``: this part's commands without the rest of the CLI."""
+
+import argparse
+import logging
+import sys
+
+from hetsearch.errors import HetsearchError
+
+from .cli import register
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hetsearch.gallery_server")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    register(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except HetsearchError as exc:
+        print(f"hetsearch {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

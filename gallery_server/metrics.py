@@ -1,0 +1,65 @@
+"""Prometheus metrics of one server (its own registry, so several servers can share a process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class _GalleryCollector:
+    """Per-gallery gauges read live from the store at scrape time (dropped galleries vanish)."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def collect(self):
+        vectors = GaugeMetricFamily("hetsearch_gallery_vectors", "Live vectors per gallery", labels=["gallery"])
+        deleted = GaugeMetricFamily("hetsearch_gallery_deleted_vectors",
+                                    "Deleted vectors awaiting compaction", labels=["gallery"])
+        ready = GaugeMetricFamily("hetsearch_gallery_ready", "1 if the gallery is serving", labels=["gallery"])
+        wal_bytes = GaugeMetricFamily("hetsearch_wal_bytes", "Write-ahead log bytes since the last snapshot",
+                                      labels=["gallery"])
+        wal_lag = GaugeMetricFamily("hetsearch_wal_lag_records",
+                                    "Log records not yet covered by a snapshot (replayed on restart)",
+                                    labels=["gallery"])
+        trunc = CounterMetricFamily("hetsearch_wal_truncations",
+                                    "Torn or corrupt log tails cut off at load", labels=["gallery"])
+        for info in self.store.list():
+            name = info.spec.name
+            vectors.add_metric([name], info.vector_count)
+            deleted.add_metric([name], info.deleted_count)
+            ready.add_metric([name], 1.0 if info.state == "READY" else 0.0)
+            wal_bytes.add_metric([name], info.wal_bytes)
+            wal_lag.add_metric([name], info.wal_records)
+            trunc.add_metric([name], self.store.galleries[name].truncations if name in self.store.galleries else 0)
+        yield from (vectors, deleted, ready, wal_bytes, wal_lag, trunc)
+
+
+class Metrics:
+    def __init__(self, store=None):
+        self.registry = CollectorRegistry()
+        self.requests = Counter("hetsearch_requests", "gRPC requests by method and status code",
+                                ["method", "code"], registry=self.registry)
+        self.latency = Histogram("hetsearch_request_seconds", "gRPC request latency by method and status code",
+                                 ["method", "code"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        if store is not None:
+            self.registry.register(_GalleryCollector(store))
+        self._http = None
+
+    def observe(self, method: str, code: str, seconds: float) -> None:
+        self.requests.labels(method, code).inc()
+        self.latency.labels(method, code).observe(seconds)
+
+    def serve(self, port: int, host: str = "127.0.0.1") -> int:
+        """Start the /metrics HTTP endpoint; returns the bound port (``port`` 0 picks one)."""
+        httpd, _thread = start_http_server(port, addr=host, registry=self.registry)
+        self._http = httpd
+        return httpd.server_port
+
+    def stop(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
