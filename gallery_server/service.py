@@ -31,7 +31,7 @@ STATES = {"READY": pb.GALLERY_STATE_READY, "LOADING": pb.GALLERY_STATE_LOADING,
 
 def _deadline(context) -> float | None:
     remaining = context.time_remaining()
-    if remaining is None:
+    if remaining is None or remaining > 1e7:  # no deadline set: grpc reports "forever"
         return None
     if remaining <= 0:
         raise DeadlineExceeded("the request's deadline had already passed when it arrived")

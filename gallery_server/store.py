@@ -84,6 +84,11 @@ def atomic_write(path: Path, chunks, fsync: bool = True) -> int:
     return size
 
 
+def _as_bytes(arr: np.ndarray) -> np.ndarray:
+    """A flat uint8 view of a contiguous array (also for empty ones)."""
+    return arr.reshape(-1).view(np.uint8)
+
+
 def write_snapshot(path: Path, header: dict, sections: dict, fsync: bool = True) -> int:
     """``magic | u32 len | header JSON | sections... | u32 crc32 | end magic``; CRC covers header and sections."""
     names = list(sections)
@@ -96,7 +101,7 @@ def write_snapshot(path: Path, header: dict, sections: dict, fsync: bool = True)
         crc = zlib.crc32(head)
         yield SNAP_MAGIC + struct.pack("<I", len(head)) + head
         for k in names:
-            view = memoryview(arrays[k]).cast("B")
+            view = memoryview(_as_bytes(arrays[k]))
             for i in range(0, len(view), 1 << 26):
                 part = view[i: i + (1 << 26)]
                 crc = zlib.crc32(part, crc)
@@ -125,7 +130,7 @@ def read_snapshot(path: Path) -> tuple[dict, dict]:
         arrays = {}
         for s in header["sections"]:
             arr = np.empty(s["shape"], dtype=np.dtype(s["dtype"]))
-            view = memoryview(arr).cast("B")
+            view = memoryview(_as_bytes(arr))
             got = f.readinto(view)
             if got != s["nbytes"]:
                 raise ValueError(f"truncated section {s['name']}")
