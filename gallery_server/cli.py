@@ -92,6 +92,8 @@ def register(sub) -> None:
 
 
 def cmd_serve(args) -> int:
+    # Before faiss (and OpenMP) load, so that every thread starts with this default.
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads or 1))
     from .auth import Tokens, load_token_file
     from .server import DEFAULT_OMP_THREADS, GalleryServer, ServerConfig
 

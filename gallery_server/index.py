@@ -34,6 +34,26 @@ DEFAULT_EF_SEARCH = 64
 DEFAULT_NPROBE = 16
 
 
+# OpenMP's thread count is per thread: omp_set_num_threads() in the main thread does not reach
+# gRPC worker threads (they would use every core each, and oversubscribe). So the setting is
+# kept here and applied lazily in whichever thread calls into faiss.
+_OMP = {"threads": 0}
+_local = threading.local()
+
+
+def set_omp_threads(n: int) -> None:
+    """faiss OpenMP threads for every thread that searches or writes from now on (0: leave as is)."""
+    _OMP["threads"] = int(n or 0)
+    _apply_threads()
+
+
+def _apply_threads() -> None:
+    n = _OMP["threads"]
+    if n and getattr(_local, "threads", 0) != n:
+        faiss.omp_set_num_threads(n)
+        _local.threads = n
+
+
 def make_faiss_index(dim: int, metric: str, factory: str):
     """``faiss.index_factory`` with a precise error for a bad string."""
     if metric not in METRICS:
@@ -154,6 +174,7 @@ class VectorIndex:
     # ----------------------------------------------------------------- writes
     def upsert(self, ids: np.ndarray, vectors: np.ndarray, metadata: list[str] | None) -> int:
         """Insert or replace; within one batch the last occurrence of an id wins."""
+        _apply_threads()
         ids = np.asarray(ids, dtype=np.int64)
         if len(ids) == 0:
             return 0
@@ -202,6 +223,7 @@ class VectorIndex:
 
     def compacted(self) -> "VectorIndex":
         """A new index holding only live vectors (trained if it can be). Reads self only."""
+        _apply_threads()
         live = np.flatnonzero(self._is_alive(np.arange(self.n)))
         out = VectorIndex(self.dim, self.metric, self.factory, capacity=len(live) + 16)
         vec = np.ascontiguousarray(self.vectors[live])
@@ -240,6 +262,7 @@ class VectorIndex:
 
     def search(self, queries: np.ndarray, k: int, knobs: SearchKnobs | None = None):
         """Top-k live vectors per query: (scores [nq, k'], ids [nq, k'], valid mask)."""
+        _apply_threads()
         knobs = knobs or SearchKnobs()
         nq = len(queries)
         live = self.count

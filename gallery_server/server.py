@@ -44,11 +44,12 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 def set_faiss_threads(n: int | None) -> int:
-    """Set faiss's OpenMP thread count process-wide; returns the count in effect."""
+    """Set faiss's OpenMP thread count for every thread that uses it; returns the count in effect."""
     import faiss
 
-    if n:
-        faiss.omp_set_num_threads(int(n))
+    from .index import set_omp_threads
+
+    set_omp_threads(n or 0)
     return faiss.omp_get_max_threads()
 
 

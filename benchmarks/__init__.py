@@ -1,0 +1,1 @@
+"""Runnable benchmarks; each writes JSON + Markdown under benchmarks/results/."""

@@ -1,0 +1,282 @@
+"""Gallery server benchmark: in-process faiss vs the gRPC server on loopback.
+
+    python -m benchmarks.bench_server                       # 100k vectors, Flat and HNSW32
+    python -m benchmarks.bench_server --sizes 100000,1000000 --indexes Flat
+    python -m benchmarks.bench_server --quick               # 20k vectors, a smoke run
+
+Data: dim-128 unit vectors drawn around 1,000 random centres (closer to real
+embeddings than uniform noise); queries are fresh draws from the same mixture.
+For each size and index: single-query latency p50/p99, batched QPS, recall@10
+against exact search, and QPS with several concurrent clients; in-process faiss
+(the very index the server loads: the gallery is built once with
+``store.open_offline`` and snapshotted) against the server running as a
+subprocess (``python -m hetsearch.gallery_server serve``). Also measures the
+faiss OpenMP thread count (1 vs all cores) that ``serve`` defaults to.
+
+Writes ``benchmarks/results/server.json`` and ``server.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from hetsearch.report import format_table, markdown_table, write_json
+
+DIM = 128
+K = 10
+EF_SEARCH = 64
+REPO = Path(__file__).resolve().parent.parent
+
+
+def make_data(n: int, nq: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((1000, DIM)).astype(np.float32)
+
+    def draw(m):
+        out = np.empty((m, DIM), np.float32)
+        for s in range(0, m, 100_000):
+            e = min(m, s + 100_000)
+            out[s:e] = centres[rng.integers(0, len(centres), e - s)] + 0.6 * rng.standard_normal((e - s, DIM))
+        out /= np.linalg.norm(out, axis=1, keepdims=True)
+        return out
+
+    return draw(n), draw(nq)
+
+
+def percentiles(samples_s: list[float]) -> tuple[float, float]:
+    a = np.asarray(samples_s) * 1000
+    return float(np.percentile(a, 50)), float(np.percentile(a, 99))
+
+
+def recall_at_k(got: np.ndarray, exact: np.ndarray) -> float:
+    return float(np.mean([len(set(g) & set(e)) / len(e) for g, e in zip(got.tolist(), exact.tolist())]))
+
+
+def concurrent_qps(worker, clients: int, per_client: int) -> float:
+    """Total queries per second of ``clients`` threads each running ``worker(i, per_client)``."""
+    barrier = threading.Barrier(clients + 1)
+
+    def run(i):
+        barrier.wait()
+        worker(i, per_client)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    return clients * per_client / (time.perf_counter() - t0)
+
+
+# ------------------------------------------------------------------------- in-process faiss
+def bench_inprocess(index, queries, exact, n_single: int, batch: int, clients: int, threads: int = 1) -> dict:
+    import faiss
+
+    faiss.omp_set_num_threads(threads)  # OpenMP settings are per thread: each worker sets its own
+    params = None
+    if isinstance(index, faiss.IndexHNSW):
+        params = faiss.SearchParametersHNSW()
+        params.efSearch = EF_SEARCH
+
+    def one(q):
+        return index.search(q, K, params=params)
+
+    for i in range(min(20, len(queries))):  # warm up
+        one(queries[i: i + 1])
+    lat = []
+    for i in range(n_single):
+        t0 = time.perf_counter()
+        one(queries[i: i + 1])
+        lat.append(time.perf_counter() - t0)
+    p50, p99 = percentiles(lat)
+    t0 = time.perf_counter()
+    got = np.vstack([one(queries[s: s + batch])[1] for s in range(0, len(queries), batch)])
+    qps = len(queries) / (time.perf_counter() - t0)
+    per = max(1, n_single // clients)
+
+    def worker(c, m):
+        faiss.omp_set_num_threads(threads)
+        for j in range(m):
+            one(queries[(c * m + j) % len(queries)][None])
+
+    return {"p50_ms": p50, "p99_ms": p99, "batch_qps": qps, "recall@10": recall_at_k(got, exact),
+            "concurrent_qps": concurrent_qps(worker, clients, per)}
+
+
+# ------------------------------------------------------------------------- the gRPC server
+def start_server(data_dir: Path, threads: int | None):
+    port_file = data_dir.parent / "port"
+    port_file.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "hetsearch.gallery_server", "serve", "--data-dir", str(data_dir), "--port", "0",
+           "--port-file", str(port_file)]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    log = open(data_dir.parent / "server.log", "ab")
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    t0 = time.perf_counter()
+    while not port_file.exists():
+        if proc.poll() is not None or time.perf_counter() - t0 > 1800:
+            raise RuntimeError("server failed to start; see " + str(data_dir.parent / "server.log"))
+        time.sleep(0.1)
+    return proc, int(port_file.read_text()), time.perf_counter() - t0
+
+
+def bench_grpc(address: str, space: str, queries, exact, n_single: int, batch: int, clients: int) -> dict:
+    from hetsearch.sdk.client import GalleryClient
+
+    c = GalleryClient(address, gallery="bench", space_id=space, timeout=600, batch_size=batch)
+    for i in range(min(20, len(queries))):
+        c.search(queries[i], K)
+    lat = []
+    for i in range(n_single):
+        t0 = time.perf_counter()
+        c.search(queries[i], K)
+        lat.append(time.perf_counter() - t0)
+    p50, p99 = percentiles(lat)
+    t0 = time.perf_counter()
+    res = c.search(queries, K)
+    qps = len(queries) / (time.perf_counter() - t0)
+    got = np.array([[h.id for h in r] + [-1] * (K - len(r)) for r in res])
+    conns = [GalleryClient(address, gallery="bench", space_id=space, timeout=600) for _ in range(clients)]
+    per = max(1, n_single // clients)
+
+    def worker(ci, m):
+        for j in range(m):
+            conns[ci].search(queries[(ci * m + j) % len(queries)], K)
+
+    cqps = concurrent_qps(worker, clients, per)
+    for x in conns + [c]:
+        x.close()
+    return {"p50_ms": p50, "p99_ms": p99, "batch_qps": qps, "recall@10": recall_at_k(got, exact),
+            "concurrent_qps": cqps}
+
+
+# ------------------------------------------------------------------------- threads
+def bench_threads(index, queries, n_single: int, batch: int, clients: int) -> list[dict]:
+    import faiss
+
+    rows = []
+    for threads in sorted({1, os.cpu_count() or 1}):
+        r = bench_inprocess(index, queries, np.zeros((len(queries), K), np.int64), n_single, batch, clients,
+                            threads=threads)
+        rows.append({"omp_threads": threads, "p50_ms": r["p50_ms"], "batch_qps": r["batch_qps"],
+                     f"qps_{clients}_clients": r["concurrent_qps"]})
+    faiss.omp_set_num_threads(1)
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_server", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="100000", help="comma-separated gallery sizes (default 100000)")
+    ap.add_argument("--indexes", default="Flat,HNSW32", help="faiss index_factory strings (default Flat,HNSW32)")
+    ap.add_argument("--hnsw-max-size", type=int, default=200_000,
+                    help="skip HNSW above this size (building 1M HNSW takes long on few cores)")
+    ap.add_argument("--queries", type=int, default=1000, help="query set size (batched QPS, recall)")
+    ap.add_argument("--single", type=int, default=500, help="single queries timed per configuration")
+    ap.add_argument("--batch", type=int, default=256, help="queries per BatchSearch call")
+    ap.add_argument("--clients", type=int, default=4, help="concurrent clients")
+    ap.add_argument("--quick", action="store_true", help="20k vectors, fewer queries")
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="output folder")
+    ap.add_argument("--work-dir", default=None, help="where to build the data dirs (default a temp dir)")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.sizes, args.queries, args.single = "20000", 300, 200
+
+    import faiss
+
+    from hetsearch.gallery_server.store import open_offline
+    from hetsearch.space import space_id_from_digest
+
+    faiss.omp_set_num_threads(1)
+    space = space_id_from_digest("0" * 64, DIM)
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="hetsearch-bench-"))
+    rows, ratios, thread_rows = [], [], []
+    for size in [int(s) for s in args.sizes.split(",")]:
+        nsingle = args.single if size <= 200_000 else max(50, args.single // 5)
+        x, q = make_data(size, args.queries, seed=size)
+        exact = faiss.IndexFlatIP(DIM)
+        exact.add(x)
+        _, exact_ids = exact.search(q, K)
+        del exact
+        for factory in args.indexes.split(","):
+            if factory.startswith("HNSW") and size > args.hnsw_max_size:
+                print(f"skipping {factory} at {size} (--hnsw-max-size {args.hnsw_max_size})", flush=True)
+                continue
+            data_dir = work / f"{factory}-{size}" / "data"
+            shutil.rmtree(data_dir.parent, ignore_errors=True)
+            data_dir.parent.mkdir(parents=True)
+            t0 = time.perf_counter()
+            faiss.omp_set_num_threads(os.cpu_count() or 1)  # building is a batch job: all cores
+            with open_offline(data_dir) as store:
+                store.create_gallery("bench", space, index_factory=factory, ef_search=EF_SEARCH)
+                for s in range(0, size, 50_000):
+                    store.upsert("bench", np.arange(s, min(size, s + 50_000)), x[s: s + 50_000], space_id=space)
+                build_s = time.perf_counter() - t0
+                snap = store.snapshot("bench")[0]
+                index = store.get("bench").index.index  # slots == ids here: the very index the server loads
+            faiss.omp_set_num_threads(1)
+            print(f"{factory} {size}: built in {build_s:.1f}s, snapshot {snap['bytes'] / 1e6:.0f} MB", flush=True)
+            base = {"size": size, "index": factory}
+            inproc = bench_inprocess(index, q, exact_ids, nsingle, args.batch, args.clients)
+            rows.append({**base, "mode": "in-process", **inproc, "build_s": build_s})
+            if not thread_rows:
+                thread_rows = [{**base, **r} for r in bench_threads(index, q, nsingle, args.batch, args.clients)]
+            del index
+            proc, port, start_s = start_server(data_dir, threads=None)
+            try:
+                grpc_r = bench_grpc(f"127.0.0.1:{port}", space, q, exact_ids, nsingle, args.batch, args.clients)
+            finally:
+                proc.terminate()
+                proc.wait(timeout=120)
+            rows.append({**base, "mode": "gRPC", **grpc_r, "build_s": None, "server_start_s": start_s})
+            ratios.append({**base, "p50_x": grpc_r["p50_ms"] / inproc["p50_ms"],
+                           "p99_x": grpc_r["p99_ms"] / inproc["p99_ms"],
+                           "batch_qps_x": inproc["batch_qps"] / grpc_r["batch_qps"],
+                           "concurrent_qps_x": inproc["concurrent_qps"] / grpc_r["concurrent_qps"],
+                           "added_p50_ms": grpc_r["p50_ms"] - inproc["p50_ms"]})
+            print(format_table(rows[-2:], ["size", "index", "mode", "p50_ms", "p99_ms", "batch_qps", "recall@10",
+                                           "concurrent_qps"]), flush=True)
+            shutil.rmtree(data_dir.parent, ignore_errors=True)
+    env = {"cpus": os.cpu_count(), "python": platform.python_version(), "faiss": faiss.__version__,
+           "platform": platform.platform(terse=True), "dim": DIM, "k": K, "hnsw_ef_search": EF_SEARCH,
+           "batch": args.batch, "clients": args.clients, "queries": args.queries}
+    out = Path(args.out)
+    write_json(out / "server.json", {"env": env, "results": rows, "overhead": ratios, "omp_threads": thread_rows})
+    cols = ["size", "index", "mode", "p50_ms", "p99_ms", "batch_qps", "recall@10", "concurrent_qps"]
+    md = [
+        "# Gallery server benchmark", "",
+        f"`python -m benchmarks.bench_server --sizes {args.sizes} --indexes {args.indexes}`: {env['cpus']} CPUs, "
+        f"faiss {env['faiss']}, dim {DIM}, k={K}, HNSW efSearch {EF_SEARCH}, batches of {args.batch}, "
+        f"{args.clients} concurrent clients (threads in one process; the server is a separate process on "
+        "loopback, so clients and server share the same cores). Latencies in ms, throughput in queries/s.", "",
+        "## Results", "", markdown_table(rows, cols, digits=3),
+        "## Overhead of the gRPC server", "",
+        "`p50_x`, `p99_x`: gRPC latency / in-process latency; `*_qps_x`: in-process QPS / gRPC QPS.", "",
+        markdown_table(ratios, digits=2),
+        "## faiss OpenMP threads (in-process)", "",
+        "Single-query latency, batched QPS and QPS of concurrent single-query callers with 1 OpenMP thread vs "
+        "all cores. `serve --threads` defaults to 1: the server's concurrency comes from its gRPC worker pool.",
+        "", markdown_table(thread_rows, digits=3),
+    ]
+    (out / "server.md").write_text("\n".join(md))
+    print(f"wrote {out / 'server.json'} and {out / 'server.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
