@@ -90,12 +90,27 @@ class ExternalEmbed(EmbeddingNet):
         self.norm_in = InputNorm(self.in_channels, spec.get("mean", 0.0), spec.get("std", 1.0))
         self.inner = inner
         self.l2 = L2Norm()
+        # modules from torch.export cannot switch train/eval; they always run as exported
+        self._inner_switchable = spec.get("source_kind") != "torch.export"
 
-    def features(self, x):
+    def train(self, mode: bool = True):
+        self.training = mode
+        for name, child in self.named_children():
+            if name != "inner" or self._inner_switchable:
+                child.train(mode)
+        return self
+
+    def _run(self, x):
         out = self.inner(x)
         if isinstance(out, (tuple, list)):
             out = out[0]
         return out.flatten(1)
+
+    def features(self, x):
+        fixed = int(self.spec.get("static_batch") or 0)
+        if fixed and x.shape[0] != fixed:  # e.g. a torch.export program traced at batch 1
+            return torch.cat([self._run(x[i : i + fixed]) for i in range(0, x.shape[0], fixed)])
+        return self._run(x)
 
 
 def _load_external_module(source: str) -> tuple[nn.Module, nn.Module | None, str]:
@@ -142,15 +157,21 @@ def import_gallery(source: str, out_dir: str | os.PathLike, *, input_size: int |
     out.mkdir(parents=True, exist_ok=True)
     inner, clf_module, kind = _load_external_module(source)
     h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
-    probe_spec = {"family": "external", "input_size": [h, w], "in_channels": in_channels, "embed_dim": 1,
+    probe_spec = {"family": "external", "source_kind": kind, "input_size": [h, w], "in_channels": in_channels, "embed_dim": 1,
                   "mean": mean, "std": std}
     probe = ExternalEmbed(probe_spec, inner).eval()
+    static_batch = None
     try:
         with torch.no_grad():
             dim = probe.features(probe.norm_in(torch.zeros(2, in_channels, h, w))).shape[1]
     except Exception as exc:
-        raise ModelError(f"the gallery model failed on a {in_channels}x{h}x{w} input: {exc}") from exc
-    spec = {**probe_spec, "embed_dim": int(dim), "source_kind": kind, "source": Path(source).name if kind != "factory" else source}
+        try:  # a program exported with a fixed batch of one
+            with torch.no_grad():
+                dim = probe.features(probe.norm_in(torch.zeros(1, in_channels, h, w))).shape[1]
+            static_batch = 1
+        except Exception:
+            raise ModelError(f"the gallery model failed on a {in_channels}x{h}x{w} input: {exc}") from exc
+    spec = {**probe_spec, "embed_dim": int(dim), "static_batch": static_batch, "source_kind": kind, "source": Path(source).name if kind != "factory" else source}
     if kind != "factory":
         suffix = Path(source).suffix or ".pt"
         shutil.copyfile(source, out / f"external{suffix}")
