@@ -81,43 +81,60 @@ def concurrent_qps(worker, clients: int, per_client: int) -> float:
     return clients * per_client / (time.perf_counter() - t0)
 
 
-# ------------------------------------------------------------------------- in-process faiss
-def bench_inprocess(index, queries, exact, n_single: int, batch: int, clients: int, threads: int = 1) -> dict:
-    import faiss
+# ------------------------------------------------------------------------- the two ways to search
+class InProcess:
+    name = "in-process"
 
-    faiss.omp_set_num_threads(threads)  # OpenMP settings are per thread: each worker sets its own
-    params = None
-    if isinstance(index, faiss.IndexHNSW):
-        params = faiss.SearchParametersHNSW()
-        params.efSearch = EF_SEARCH
+    def __init__(self, index, threads: int = 1):
+        import faiss
 
-    def one(q):
-        return index.search(q, K, params=params)
-
-    for i in range(min(20, len(queries))):  # warm up
-        one(queries[i: i + 1])
-    lat = []
-    for i in range(n_single):
-        t0 = time.perf_counter()
-        one(queries[i: i + 1])
-        lat.append(time.perf_counter() - t0)
-    p50, p99 = percentiles(lat)
-    t0 = time.perf_counter()
-    got = np.vstack([one(queries[s: s + batch])[1] for s in range(0, len(queries), batch)])
-    qps = len(queries) / (time.perf_counter() - t0)
-    per = max(1, n_single // clients)
-
-    def worker(c, m):
+        self.index, self.threads = index, threads
+        self.params = None
+        if isinstance(index, faiss.IndexHNSW):
+            self.params = faiss.SearchParametersHNSW()
+            self.params.efSearch = EF_SEARCH
         faiss.omp_set_num_threads(threads)
-        for j in range(m):
-            one(queries[(c * m + j) % len(queries)][None])
 
-    return {"p50_ms": p50, "p99_ms": p99, "batch_qps": qps, "recall@10": recall_at_k(got, exact),
-            "concurrent_qps": concurrent_qps(worker, clients, per)}
+    def worker_init(self):
+        import faiss
+
+        faiss.omp_set_num_threads(self.threads)  # OpenMP settings are per thread
+
+    def single(self, q, worker: int = 0):
+        self.index.search(q[None], K, params=self.params)
+
+    def batch(self, qs):
+        return self.index.search(qs, K, params=self.params)[1]
+
+    def close(self):
+        pass
 
 
-# ------------------------------------------------------------------------- the gRPC server
+class OverGrpc:
+    name = "gRPC"
+
+    def __init__(self, address: str, space: str, clients: int, batch: int):
+        from hetsearch.sdk.client import GalleryClient
+
+        self.conns = [GalleryClient(address, gallery="bench", space_id=space, timeout=600, batch_size=batch)
+                      for _ in range(max(1, clients))]
+
+    def worker_init(self):
+        pass
+
+    def single(self, q, worker: int = 0):
+        self.conns[worker].search(q, K)
+
+    def batch(self, qs):
+        return np.array([[h.id for h in r] + [-1] * (K - len(r)) for r in self.conns[0].search(qs, K)])
+
+    def close(self):
+        for c in self.conns:
+            c.close()
+
+
 def start_server(data_dir: Path, threads: int | None):
+    """``python -m hetsearch.gallery_server serve`` on the data dir; (process, port, seconds to serving)."""
     port_file = data_dir.parent / "port"
     port_file.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "hetsearch.gallery_server", "serve", "--data-dir", str(data_dir), "--port", "0",
@@ -135,34 +152,46 @@ def start_server(data_dir: Path, threads: int | None):
     return proc, int(port_file.read_text()), time.perf_counter() - t0
 
 
-def bench_grpc(address: str, space: str, queries, exact, n_single: int, batch: int, clients: int) -> dict:
-    from hetsearch.sdk.client import GalleryClient
+def compare(modes, queries, exact, n_single: int, batch: int, clients: int, rounds: int = 5) -> dict:
+    """Alternate the modes round by round so both see the same background load."""
+    acc = {m.name: {"lat": [], "batch_s": 0.0, "batch_n": 0, "got": [], "conc_s": 0.0, "conc_n": 0}
+           for m in modes}
+    for m in modes:  # warm up
+        for i in range(10):
+            m.single(queries[i])
+    per_round = max(1, n_single // rounds)
+    parts = np.array_split(np.arange(len(queries)), rounds)
+    for r in range(rounds):
+        for m in (modes if r % 2 == 0 else modes[::-1]):
+            a = acc[m.name]
+            for i in range(per_round):
+                q = queries[(r * per_round + i) % len(queries)]
+                t0 = time.perf_counter()
+                m.single(q)
+                a["lat"].append(time.perf_counter() - t0)
+            part = parts[r]
+            t0 = time.perf_counter()
+            got = np.vstack([m.batch(queries[part[s: s + batch]]) for s in range(0, len(part), batch)])
+            a["batch_s"] += time.perf_counter() - t0
+            a["batch_n"] += len(part)
+            a["got"].append(got)
+            each = max(1, per_round // clients)
 
-    c = GalleryClient(address, gallery="bench", space_id=space, timeout=600, batch_size=batch)
-    for i in range(min(20, len(queries))):
-        c.search(queries[i], K)
-    lat = []
-    for i in range(n_single):
-        t0 = time.perf_counter()
-        c.search(queries[i], K)
-        lat.append(time.perf_counter() - t0)
-    p50, p99 = percentiles(lat)
-    t0 = time.perf_counter()
-    res = c.search(queries, K)
-    qps = len(queries) / (time.perf_counter() - t0)
-    got = np.array([[h.id for h in r] + [-1] * (K - len(r)) for r in res])
-    conns = [GalleryClient(address, gallery="bench", space_id=space, timeout=600) for _ in range(clients)]
-    per = max(1, n_single // clients)
+            def worker(c, n, m=m):
+                m.worker_init()
+                for j in range(n):
+                    m.single(queries[(c * n + j) % len(queries)], c)
 
-    def worker(ci, m):
-        for j in range(m):
-            conns[ci].search(queries[(ci * m + j) % len(queries)], K)
-
-    cqps = concurrent_qps(worker, clients, per)
-    for x in conns + [c]:
-        x.close()
-    return {"p50_ms": p50, "p99_ms": p99, "batch_qps": qps, "recall@10": recall_at_k(got, exact),
-            "concurrent_qps": cqps}
+            qps = concurrent_qps(worker, clients, each)
+            a["conc_s"] += clients * each / qps
+            a["conc_n"] += clients * each
+    out = {}
+    for name, a in acc.items():
+        p50, p99 = percentiles(a["lat"])
+        out[name] = {"p50_ms": p50, "p99_ms": p99, "batch_qps": a["batch_n"] / a["batch_s"],
+                     "recall@10": recall_at_k(np.vstack(a["got"]), exact),
+                     "concurrent_qps": a["conc_n"] / a["conc_s"]}
+    return out
 
 
 # ------------------------------------------------------------------------- threads
@@ -171,10 +200,12 @@ def bench_threads(index, queries, n_single: int, batch: int, clients: int) -> li
 
     rows = []
     for threads in sorted({1, os.cpu_count() or 1}):
-        r = bench_inprocess(index, queries, np.zeros((len(queries), K), np.int64), n_single, batch, clients,
-                            threads=threads)
-        rows.append({"omp_threads": threads, "p50_ms": r["p50_ms"], "batch_qps": r["batch_qps"],
-                     f"qps_{clients}_clients": r["concurrent_qps"]})
+        mode = InProcess(index, threads)
+        mode.name = f"omp{threads}"
+        r = compare([mode], queries, np.zeros((len(queries), K), np.int64), n_single, batch, clients, rounds=2)
+        r = r[mode.name]
+        rows.append({"omp_threads": threads, "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"],
+                     "batch_qps": r["batch_qps"], f"qps_{clients}_clients": r["concurrent_qps"]})
     faiss.omp_set_num_threads(1)
     return rows
 
@@ -232,17 +263,21 @@ def main(argv=None) -> int:
             faiss.omp_set_num_threads(1)
             print(f"{factory} {size}: built in {build_s:.1f}s, snapshot {snap['bytes'] / 1e6:.0f} MB", flush=True)
             base = {"size": size, "index": factory}
-            inproc = bench_inprocess(index, q, exact_ids, nsingle, args.batch, args.clients)
-            rows.append({**base, "mode": "in-process", **inproc, "build_s": build_s})
             if not thread_rows:
-                thread_rows = [{**base, **r} for r in bench_threads(index, q, nsingle, args.batch, args.clients)]
-            del index
+                thread_rows = [{**base, **r} for r in bench_threads(index, q, nsingle // 2, args.batch, args.clients)]
             proc, port, start_s = start_server(data_dir, threads=None)
+            remote = None
             try:
-                grpc_r = bench_grpc(f"127.0.0.1:{port}", space, q, exact_ids, nsingle, args.batch, args.clients)
+                remote = OverGrpc(f"127.0.0.1:{port}", space, args.clients, args.batch)
+                res = compare([InProcess(index), remote], q, exact_ids, nsingle, args.batch, args.clients)
             finally:
+                if remote is not None:
+                    remote.close()
                 proc.terminate()
                 proc.wait(timeout=120)
+            del index
+            inproc, grpc_r = res["in-process"], res["gRPC"]
+            rows.append({**base, "mode": "in-process", **inproc, "build_s": build_s})
             rows.append({**base, "mode": "gRPC", **grpc_r, "build_s": None, "server_start_s": start_s})
             ratios.append({**base, "p50_x": grpc_r["p50_ms"] / inproc["p50_ms"],
                            "p99_x": grpc_r["p99_ms"] / inproc["p99_ms"],
@@ -263,7 +298,8 @@ def main(argv=None) -> int:
         f"`python -m benchmarks.bench_server --sizes {args.sizes} --indexes {args.indexes}`: {env['cpus']} CPUs, "
         f"faiss {env['faiss']}, dim {DIM}, k={K}, HNSW efSearch {EF_SEARCH}, batches of {args.batch}, "
         f"{args.clients} concurrent clients (threads in one process; the server is a separate process on "
-        "loopback, so clients and server share the same cores). Latencies in ms, throughput in queries/s.", "",
+        "loopback, so clients and server share the same cores). In-process and gRPC measurements alternate in "
+        "5 rounds so that both see the same background load. Latencies in ms, throughput in queries/s.", "",
         "## Results", "", markdown_table(rows, cols, digits=3),
         "## Overhead of the gRPC server", "",
         "`p50_x`, `p99_x`: gRPC latency / in-process latency; `*_qps_x`: in-process QPS / gRPC QPS.", "",

@@ -69,6 +69,8 @@ def register(sub) -> None:
                    help="faiss OpenMP threads (default 1, measured: see benchmarks/results/server.md)")
     p.add_argument("--workers", type=int, default=16, help="gRPC worker threads (default 16)")
     p.add_argument("--max-message-mb", type=float, default=64, help="max request/response size (default 64 MiB)")
+    p.add_argument("--snapshot-every-mb", type=float, default=1024,
+                   help="snapshot a gallery once its write-ahead log exceeds this (0: only on request)")
     p.add_argument("--grace", type=float, default=10.0, help="seconds to drain in-flight calls on shutdown")
     p.set_defaults(func=cmd_serve)
 
@@ -108,7 +110,8 @@ def cmd_serve(args) -> int:
     config = ServerConfig(
         data_dir=args.data_dir, host=args.host, port=args.port, tokens=tokens, tls_cert=args.tls_cert,
         tls_key=args.tls_key, metrics_port=args.metrics_port, omp_threads=args.threads or DEFAULT_OMP_THREADS,
-        workers=args.workers, max_message_bytes=int(args.max_message_mb * 1024 * 1024), grace_s=args.grace)
+        workers=args.workers, max_message_bytes=int(args.max_message_mb * 1024 * 1024), grace_s=args.grace,
+        auto_snapshot_bytes=int(args.snapshot_every_mb * 1024 * 1024))
     server = GalleryServer(config)
     stop = threading.Event()
 

@@ -73,6 +73,7 @@ class ServerConfig:
     max_batch_queries: int = 4096
     max_upsert_vectors: int = 100_000
     fsync: bool = True
+    auto_snapshot_bytes: int = 1 << 30  # snapshot a gallery in the background once its log passes this
     grace_s: float = 10.0
     drain_delay_s: float = 0.0  # keep answering while NOT_SERVING propagates to load balancers
 
@@ -80,7 +81,8 @@ class ServerConfig:
 class GalleryServer:
     def __init__(self, config: ServerConfig):
         self.config = config
-        self.store = GalleryStore(config.data_dir, fsync=config.fsync)
+        self.store = GalleryStore(config.data_dir, fsync=config.fsync,
+                                  auto_snapshot_bytes=config.auto_snapshot_bytes)
         self.metrics = Metrics(self.store)
         self.health = health.HealthServicer()
         self.servicer = GalleryServicer(self.store, self.metrics, max_batch_queries=config.max_batch_queries,

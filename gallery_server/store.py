@@ -223,8 +223,10 @@ class LoadReport:
 
 # --------------------------------------------------------------------------- a gallery
 class Gallery:
-    def __init__(self, directory: Path, spec: GallerySpec, fsync: bool = True):
+    def __init__(self, directory: Path, spec: GallerySpec, fsync: bool = True, auto_snapshot_bytes: int = 0):
         self.dir = Path(directory)
+        self.auto_snapshot_bytes = auto_snapshot_bytes  # 0: only on request
+        self._auto = threading.Lock()
         self.spec = spec
         self.fsync = fsync
         self.state = LOADING
@@ -384,6 +386,7 @@ class Gallery:
                 self._swap(self.index.compacted())
             count = self.index.count
         self._durable(seq)
+        self._maybe_snapshot()
         return seq, count
 
     def delete(self, ids, deadline: float | None = None) -> tuple[int, int, int]:
@@ -396,7 +399,27 @@ class Gallery:
                 deleted = self.index.delete(ids)
             count = self.index.count
         self._durable(seq)
+        self._maybe_snapshot()
         return seq, deleted, count
+
+    def _maybe_snapshot(self) -> None:
+        """Snapshot in the background once the log outgrows ``auto_snapshot_bytes`` (bounds replay time)."""
+        wal = self.wal
+        if not self.auto_snapshot_bytes or wal is None or wal.bytes < self.auto_snapshot_bytes:
+            return
+        if not self._auto.acquire(blocking=False):
+            return  # one is already running
+
+        def run():
+            try:
+                if self.state == READY and not self.dropped:
+                    self.snapshot()
+            except Exception as exc:  # noqa: BLE001 - logged; the log keeps everything meanwhile
+                log.error(event("auto_snapshot_failed", gallery=self.spec.name, error=repr(exc)))
+            finally:
+                self._auto.release()
+
+        threading.Thread(target=run, name=f"snapshot-{self.spec.name}", daemon=True).start()
 
     def _swap(self, new_index: VectorIndex) -> None:
         with self.rw.write():
@@ -490,9 +513,10 @@ class Gallery:
 class GalleryStore:
     """All galleries of one data directory. Thread-safe."""
 
-    def __init__(self, data_dir, fsync: bool = True):
+    def __init__(self, data_dir, fsync: bool = True, auto_snapshot_bytes: int = 0):
         self.root = Path(data_dir)
         self.fsync = fsync
+        self.auto_snapshot_bytes = auto_snapshot_bytes
         self.galleries: dict[str, Gallery] = {}
         self._lock = threading.RLock()
         self._lockfile = None
@@ -527,7 +551,7 @@ class GalleryStore:
             parse_space_id(spec.space_id)
             if spec.name != d.name:
                 raise ValueError(f"spec names gallery {spec.name!r}")
-            g = Gallery(d, spec, fsync=self.fsync)
+            g = Gallery(d, spec, fsync=self.fsync, auto_snapshot_bytes=self.auto_snapshot_bytes)
         except (OSError, ValueError, TypeError) as exc:
             g = Gallery(d, GallerySpec(name=d.name, space_id="", dim=0), fsync=self.fsync)
             g.state, g.status_message = UNAVAILABLE, f"{SPEC_FILE} unreadable: {exc}"
@@ -619,7 +643,7 @@ class GalleryStore:
             os.replace(tmp, final)
             if self.fsync:
                 wallog.fsync_dir(final.parent)
-            g = Gallery(final, spec, fsync=self.fsync)
+            g = Gallery(final, spec, fsync=self.fsync, auto_snapshot_bytes=self.auto_snapshot_bytes)
             g.load()
             self.galleries[name] = g
         log.info(event("gallery_created", gallery=name, space_id=space_id, index=index_factory, metric=metric))

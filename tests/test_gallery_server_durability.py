@@ -260,3 +260,20 @@ def test_sigterm_drains_and_exits_cleanly(tmp_path):
     assert spec["space_id"] == SPACE
     assert _count(data)[0] == 10
     assert not os.path.exists(data / "galleries" / "g" / ".tmp")
+
+
+def test_log_is_snapshotted_in_the_background_once_large(tmp_path):
+    x = unit(60, seed=14)
+    with running_server(tmp_path / "d", auto_snapshot_bytes=4000) as s:
+        with GalleryClient(f"127.0.0.1:{s.port}", gallery="g", space_id=SPACE) as c:
+            c.create_gallery("g", SPACE)
+            for b in range(6):
+                c.upsert(range(b * 10, b * 10 + 10), x[b * 10: b * 10 + 10])
+            for _ in range(100):  # bounded wait for the background snapshot
+                info = c.describe()
+                if info.snapshot_seq:
+                    break
+                time.sleep(0.05)
+            assert info.snapshot_seq > 0 and info.wal_bytes < 4000 + 1000
+    count, rep = _count(tmp_path / "d")
+    assert count == 60 and rep.snapshot
