@@ -18,7 +18,8 @@ from .errors import HetsearchError
 # Modules that contribute sub-commands, in the order they appear in --help.
 COMMAND_MODULES = (
     "hetsearch.cmpnas.cli",  # train, eval, nas
-    "hetsearch.export.cli",  # export, check, profile
+    "hetsearch.export.cli",  # export, check
+    "hetsearch.export.profile_cli",  # profile
     "hetsearch.gallery_server.cli",  # index, serve
     "hetsearch.sdk.cli",  # query
     "hetsearch.demo",  # demo

@@ -1,0 +1,309 @@
+"""Thin, uniform wrappers around the on-device runtimes.
+
+One class per runtime, all with the same small surface: ``input_shape``,
+``input_dtype``, ``output_shape``, ``run(array) -> array``, ``name`` and
+``version``. :class:`hetsearch.sdk.model.QueryModel` and the on-device
+profiler (:mod:`hetsearch.sdk.profile`) both run models through these.
+
+* ``onnxruntime`` runs ``.onnx`` files (CPU execution provider).
+* ``litert`` runs ``.tflite`` files through ``ai_edge_litert.interpreter``, or
+  ``tflite_runtime.interpreter`` on platforms that only ship that.
+* ``coreml`` runs ``.mlpackage`` / ``.mlmodel`` through ``coremltools`` — macOS only.
+
+Imports neither torch nor faiss; each runtime is imported only when used.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hetsearch.errors import HetsearchError, MissingDependency, ModelError
+
+BACKENDS = ("onnxruntime", "litert", "coreml")
+FORMAT_OF_BACKEND = {"onnxruntime": "onnx", "litert": "tflite", "coreml": "coreml"}
+BACKEND_OF_FORMAT = {v: k for k, v in FORMAT_OF_BACKEND.items()}
+_SUFFIX_FORMAT = {".onnx": "onnx", ".tflite": "tflite", ".mlpackage": "coreml", ".mlmodel": "coreml"}
+INPUT_NAME = "pixels"
+OUTPUT_NAME = "embedding"
+
+
+class BackendUnavailable(HetsearchError):
+    """The requested runtime cannot run on this device (e.g. Core ML off macOS)."""
+
+
+def format_of(path: str | os.PathLike) -> str:
+    """Model format from the file name: onnx, tflite or coreml."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in _SUFFIX_FORMAT:
+        raise ModelError(
+            f"{path}: unknown model file type {suffix or '(no suffix)'!r}; "
+            f"expected one of {', '.join(sorted(_SUFFIX_FORMAT))}"
+        )
+    return _SUFFIX_FORMAT[suffix]
+
+
+def _has_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def backend_available(backend: str) -> bool:
+    """Whether ``backend`` can run here (its module is installed and the platform fits)."""
+    if backend == "onnxruntime":
+        return _has_module("onnxruntime")
+    if backend == "litert":
+        return _has_module("ai_edge_litert") or _has_module("tflite_runtime")
+    if backend == "coreml":
+        return sys.platform == "darwin" and _has_module("coremltools")
+    raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+
+
+def available_backends() -> list[str]:
+    """The runtimes usable on this device, in order of preference."""
+    return [b for b in BACKENDS if backend_available(b)]
+
+
+def _dist_version(*names: str) -> str:
+    from importlib import metadata
+
+    for name in names:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return "unknown"
+
+
+def _numpy_dtype(type_name: str) -> np.dtype:
+    # onnxruntime reports types as "tensor(float)", "tensor(float16)", ...
+    inner = type_name[len("tensor("):-1] if type_name.startswith("tensor(") else type_name
+    mapping = {"float": np.float32, "float16": np.float16, "double": np.float64, "uint8": np.uint8,
+               "int8": np.int8, "int32": np.int32, "int64": np.int64}
+    if inner not in mapping:
+        raise ModelError(f"unsupported model input type {type_name!r}")
+    return np.dtype(mapping[inner])
+
+
+def _static_dim(d: Any) -> int | None:
+    return int(d) if isinstance(d, (int, np.integer)) and int(d) > 0 else None
+
+
+def _pick(items: list, name_of, wanted: str, what: str, path: Path):
+    """The item named ``wanted`` (or containing it), else the only one."""
+    for item in items:
+        if name_of(item) == wanted:
+            return item
+    for item in items:
+        if wanted in name_of(item):
+            return item
+    if len(items) == 1:
+        return items[0]
+    names = ", ".join(name_of(i) for i in items)
+    raise ModelError(f"{path}: cannot tell which {what} to use (none is called {wanted!r}; found {names})")
+
+
+class Runtime:
+    """Common surface of the runtime wrappers."""
+
+    name = "runtime"
+    version = "unknown"
+    path: Path
+    threads: int | None
+    input_name: str
+    output_name: str
+    input_shape: tuple  # ints, None where dynamic
+    input_dtype: np.dtype
+    output_shape: tuple
+
+    @property
+    def batch_fixed(self) -> bool:
+        """True when the model only takes one image per call (static batch 1)."""
+        return bool(self.input_shape) and self.input_shape[0] == 1
+
+    def run(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {"runtime": self.name, "runtime_version": self.version,
+                "input_name": self.input_name, "input_shape": list(self.input_shape),
+                "input_dtype": str(self.input_dtype), "output_name": self.output_name,
+                "output_shape": list(self.output_shape), "threads": self.threads}
+
+
+class OnnxRuntime(Runtime):
+    name = "onnxruntime"
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise MissingDependency("onnxruntime", "sdk", "running .onnx models") from exc
+        self.path = Path(path)
+        self.threads = threads
+        self.version = getattr(ort, "__version__", _dist_version("onnxruntime"))
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+            opts.inter_op_num_threads = 1
+        try:
+            self._session = ort.InferenceSession(str(self.path), sess_options=opts,
+                                                 providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own pybind exception types
+            raise ModelError(f"onnxruntime cannot load {self.path}: {exc}") from exc
+        inp = _pick(self._session.get_inputs(), lambda i: i.name, INPUT_NAME, "input", self.path)
+        out = _pick(self._session.get_outputs(), lambda o: o.name, OUTPUT_NAME, "output", self.path)
+        self.input_name, self.output_name = inp.name, out.name
+        self.input_shape = tuple(_static_dim(d) for d in inp.shape)
+        self.input_dtype = _numpy_dtype(inp.type)
+        self.output_shape = tuple(_static_dim(d) for d in out.shape)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        try:
+            return self._session.run([self.output_name], {self.input_name: x})[0]
+        except Exception as exc:
+            raise ModelError(f"onnxruntime failed to run {self.path.name} on input {x.shape} {x.dtype}: {exc}") from exc
+
+
+def _litert_interpreter_class():
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+
+        return Interpreter, _dist_version("ai-edge-litert")
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime.interpreter import Interpreter  # platforms that only ship tflite_runtime
+
+        return Interpreter, _dist_version("tflite-runtime", "tflite_runtime")
+    except ImportError as exc:
+        raise MissingDependency("ai_edge_litert", "sdk", "running .tflite models") from exc
+
+
+class LiteRT(Runtime):
+    name = "litert"
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+        interpreter_cls, self.version = _litert_interpreter_class()
+        self.path = Path(path)
+        self.threads = threads
+        try:
+            self._interp = interpreter_cls(model_path=str(self.path), num_threads=int(threads) if threads else None)
+            self._interp.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise ModelError(f"LiteRT cannot load {self.path}: {exc}") from exc
+        inp = _pick(self._interp.get_input_details(), lambda d: d["name"], INPUT_NAME, "input", self.path)
+        out = _pick(self._interp.get_output_details(), lambda d: d["name"], OUTPUT_NAME, "output", self.path)
+        self.input_name, self.output_name = inp["name"], out["name"]
+        self._in_index, self._out_index = inp["index"], out["index"]
+        sig = inp.get("shape_signature", inp["shape"])
+        self.input_shape = tuple(_static_dim(d) for d in sig)
+        self.input_dtype = np.dtype(inp["dtype"])
+        self.output_shape = tuple(_static_dim(d) for d in out.get("shape_signature", out["shape"]))
+        self._in_quant = inp.get("quantization", (0.0, 0))
+        self._out_quant = out.get("quantization", (0.0, 0))
+        self._out_dtype = np.dtype(out["dtype"])
+        self._allocated_shape = tuple(int(d) for d in inp["shape"])
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        scale, zero = self._in_quant
+        if np.issubdtype(self.input_dtype, np.integer) and scale:
+            info = np.iinfo(self.input_dtype)
+            x = np.clip(np.round(x / scale + zero), info.min, info.max)
+        x = np.ascontiguousarray(x, dtype=self.input_dtype)
+        try:
+            if tuple(x.shape) != self._allocated_shape:
+                self._interp.resize_tensor_input(self._in_index, list(x.shape), strict=True)
+                self._interp.allocate_tensors()
+                self._allocated_shape = tuple(x.shape)
+            self._interp.set_tensor(self._in_index, x)
+            self._interp.invoke()
+            y = self._interp.get_tensor(self._out_index)
+        except (ValueError, RuntimeError) as exc:
+            raise ModelError(f"LiteRT failed to run {self.path.name} on input {x.shape} {x.dtype}: {exc}") from exc
+        scale, zero = self._out_quant
+        if np.issubdtype(self._out_dtype, np.integer) and scale:
+            return (y.astype(np.float32) - zero) * scale
+        return y
+
+
+class CoreML(Runtime):
+    name = "coreml"
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+        require_coreml_platform()
+        try:
+            import coremltools as ct
+        except ImportError as exc:
+            raise BackendUnavailable(
+                "running Core ML models needs coremltools on this Mac: pip install coremltools"
+            ) from exc
+        self.path = Path(path)
+        self.threads = threads  # Core ML schedules its own threads; recorded only
+        self.version = getattr(ct, "__version__", _dist_version("coremltools"))
+        try:
+            self._model = ct.models.MLModel(str(self.path))
+        except Exception as exc:
+            raise ModelError(f"Core ML cannot load {self.path}: {exc}") from exc
+        desc = self._model.get_spec().description
+        inp = _pick(list(desc.input), lambda f: f.name, INPUT_NAME, "input", self.path)
+        out = _pick(list(desc.output), lambda f: f.name, OUTPUT_NAME, "output", self.path)
+        self.input_name, self.output_name = inp.name, out.name
+        self.input_shape = tuple(_static_dim(d) for d in inp.type.multiArrayType.shape)
+        # ArrayDataType FLOAT16 is 65552; everything else is fed as float32
+        self.input_dtype = np.dtype(np.float16 if inp.type.multiArrayType.dataType == 65552 else np.float32)
+        self.output_shape = tuple(_static_dim(d) for d in out.type.multiArrayType.shape)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        try:
+            result = self._model.predict({self.input_name: np.ascontiguousarray(x, dtype=self.input_dtype)})
+        except Exception as exc:
+            raise ModelError(f"Core ML failed to run {self.path.name}: {exc}") from exc
+        return np.asarray(result[self.output_name])
+
+
+_CLASSES = {"onnxruntime": OnnxRuntime, "litert": LiteRT, "coreml": CoreML}
+_MODULES = {"onnxruntime": ("onnxruntime",), "litert": ("ai_edge_litert.interpreter", "tflite_runtime.interpreter"),
+            "coreml": ("coremltools",)}
+
+
+def preload(backend: str) -> None:
+    """Import a runtime's module ahead of time (so a measured load time excludes the import)."""
+    for module in _MODULES.get(backend, ()):
+        try:
+            importlib.import_module(module)
+            return
+        except ImportError:
+            continue
+
+
+def require_coreml_platform() -> None:
+    if sys.platform != "darwin":
+        raise BackendUnavailable(
+            "Core ML runs only on macOS (this is "
+            f"{sys.platform}); use the bundle's .onnx (onnxruntime) or .tflite (LiteRT) file here"
+        )
+
+
+def open_runtime(path: str | os.PathLike, backend: str | None = None, threads: int | None = None) -> Runtime:
+    """Load a model file with ``backend`` (default: the runtime for its format)."""
+    fmt = format_of(path)
+    backend = backend or BACKEND_OF_FORMAT[fmt]
+    if backend not in _CLASSES:
+        raise HetsearchError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    if FORMAT_OF_BACKEND[backend] != fmt:
+        raise ModelError(f"{path} is in {fmt} format; the {backend} backend runs {FORMAT_OF_BACKEND[backend]} files")
+    if threads is not None and int(threads) < 1:
+        raise HetsearchError(f"threads must be at least 1, got {threads}")
+    if not Path(path).exists():
+        raise ModelError(f"model file {path} does not exist")
+    return _CLASSES[backend](path, threads)
