@@ -211,6 +211,14 @@ class GalleryInfo:
     wal_records: int = 0
     wal_bytes: int = 0
 
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def space_id(self) -> str:
+        return self.spec.space_id
+
 
 @dataclass
 class LoadReport:
