@@ -1,0 +1,304 @@
+"""``hetsearch nas``: train a compatibility-aware supernet, search it under cost budgets, finetune the winners."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from hetsearch.errors import DataError, HetsearchError, ModelError
+
+NAS_EPILOG = """\
+CMP-NAS in three steps, against a frozen gallery model:
+  hetsearch nas supernet --gallery runs/gallery --data fashion-mnist --epochs 6 --out runs/supernet
+  hetsearch nas search --supernet runs/supernet --max-mmacs 1.3 --budgets 0.13,0.4 --out runs/search
+  hetsearch nas finetune --subnet runs/search/subnet-0.4 --supernet runs/supernet --epochs 3 --out runs/nas-0.4
+Then `hetsearch eval` / `hetsearch export` take runs/nas-0.4 like any query model.
+"""
+
+SUPERNET_EPILOG = """\
+examples:
+  hetsearch nas supernet --gallery runs/gallery --data fashion-mnist --epochs 6 --out runs/supernet
+  # a quick one on a subset, plain l2 compatibility, one random subnet per step
+  hetsearch nas supernet --gallery runs/gallery --epochs 1 --max-train-samples 5000 \\
+      --compat l2 --num-random 1 --out runs/supernet-quick
+  # a custom space: deeper stages, no width choices, two input resolutions
+  hetsearch nas supernet --gallery runs/gallery --depths 2,3,4 --widths 1.0 --resolutions 24,28 --out runs/sn
+  hetsearch nas supernet --gallery runs/gallery --space my-space.json --out runs/sn
+
+The space (depths, kernels, expands, widths, resolutions and the stage layout) is saved in DIR/config.json;
+--space takes such a file (or JSON) as the starting point and the choice flags override it.
+"""
+
+SEARCH_EPILOG = """\
+examples:
+  hetsearch nas search --supernet runs/supernet --max-mmacs 1.3 --out runs/search
+  # one search, several device budgets (MMACs), a mixed reward, a bigger population
+  hetsearch nas search --supernet runs/supernet --budgets 0.13,0.4,1.3 --reward mix:0.7 \\
+      --population 32 --generations 10 --out runs/search
+  # a latency budget (ms) from a device profile instead of MACs
+  hetsearch nas search --supernet runs/supernet --latency-profile pixel7.json --max-ms 2.5 --out runs/search-px7
+
+Writes DIR/search.json (best per budget, Pareto front, history, every evaluation, the random baseline),
+DIR/pareto.png and per budget DIR/subnet-<budget>/ (arch.json, spec.json and the subnet with inherited,
+BN-recalibrated weights as a query checkpoint); the random baseline's winners go to DIR/random/.
+The reward is measured on a validation split carved from the training data, never on the test split.
+"""
+
+FINETUNE_EPILOG = """\
+examples:
+  hetsearch nas finetune --subnet runs/search/subnet-0.4 --supernet runs/supernet --epochs 3 --out runs/nas-0.4
+  hetsearch nas finetune --subnet '{"width": 0.5, "depths": [1,2,1], "kernels": [[3],[5,5],[3]],
+      "expands": [[3],[4,4],[6]]}' --supernet runs/supernet --gallery runs/gallery --out runs/nas-custom
+
+The result is an ordinary query checkpoint (checkpoint.pt + meta.json, with a "nas" entry naming the
+supernet, the arch and the budget) that `hetsearch eval` and `hetsearch export` accept.
+"""
+
+
+def _floats(text: str | None, flag: str) -> list[float]:
+    out = []
+    for item in (text or "").split(","):
+        if item.strip():
+            try:
+                out.append(float(item))
+            except ValueError:
+                raise ModelError(f"{flag}: {item!r} is not a number (expected a comma-separated list)") from None
+    return out
+
+
+def _ints(text: str | None, flag: str) -> list[int] | None:
+    if text is None:
+        return None
+    vals = _floats(text, flag)
+    if not vals or any(int(v) != v for v in vals):
+        raise ModelError(f"{flag}: expected a comma-separated list of integers, got {text!r}")
+    return [int(v) for v in vals]
+
+
+def _add_training_flags(p: argparse.ArgumentParser, epochs: int, lr: float) -> None:
+    g = p.add_argument_group("training")
+    g.add_argument("--data", default=None, help="fashion-mnist, an ImageFolder directory or an .npz (default: "
+                   "what the supernet was trained on, else fashion-mnist)")
+    g.add_argument("--data-dir", default=None, help="folder holding the Fashion-MNIST idx files")
+    g.add_argument("--epochs", type=int, default=epochs, help=f"default {epochs}")
+    g.add_argument("--batch-size", type=int, default=128)
+    g.add_argument("--lr", type=float, default=lr, help=f"peak learning rate (default {lr})")
+    g.add_argument("--warmup-epochs", type=float, default=0.5)
+    g.add_argument("--weight-decay", type=float, default=5e-4)
+    g.add_argument("--compat", default=None, help="compatibility loss (default: the foundation's, bct-l2)")
+    g.add_argument("--loss-weights", default=None, help="e.g. bct=1,l2=10")
+    g.add_argument("--max-train-samples", type=int, default=None, help="train on a stratified subset")
+    g.add_argument("--max-val-samples", type=int, default=2000)
+    g.add_argument("--val-fraction", type=float, default=0.1, help="share of training data held out for validation")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores or HETSEARCH_THREADS)")
+    g.add_argument("--no-augment", action="store_true")
+    g.add_argument("--resume", action="store_true", help="continue from DIR/last.pt")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _train_config(args):
+    from .losses import DEFAULT_COMPAT, parse_weights
+    from .train import TrainConfig
+
+    for name in ("epochs", "batch_size"):
+        if getattr(args, name) < 1:
+            raise ModelError(f"--{name.replace('_', '-')} must be >= 1")
+    if args.lr <= 0:
+        raise ModelError("--lr must be > 0")
+    if not 0 < args.val_fraction < 1:
+        raise ModelError("--val-fraction must be in (0, 1)")
+    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, warmup_epochs=args.warmup_epochs,
+                       weight_decay=args.weight_decay, seed=args.seed, val_fraction=args.val_fraction,
+                       max_train_samples=args.max_train_samples, max_val_samples=args.max_val_samples,
+                       augment=not args.no_augment, threads=args.threads, compat=args.compat or DEFAULT_COMPAT,
+                       loss_weights=parse_weights(args.loss_weights))
+
+
+def _gallery_from(args, meta: dict, supernet: str):
+    if args.gallery:
+        return args.gallery
+    g = meta.get("gallery")
+    if g and Path(g).exists():
+        return g
+    raise ModelError(f"the supernet {supernet} records gallery {g!r}, which is not there; pass --gallery DIR")
+
+
+def _data_name(args, meta: dict | None = None) -> str:
+    if args.data:
+        return args.data
+    d = (meta or {}).get("data")
+    if d and (d in ("fashion-mnist", "fashion_mnist", "fmnist") or Path(d).exists()):
+        return d
+    return "fashion-mnist"
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_supernet(args) -> int:
+    from .data import load_data
+    from .nas_train import SupernetTrainConfig, default_supernet_config, train_supernet
+    from .checkpoint import load_checkpoint
+    from .supernet import SupernetConfig
+
+    cfg = _train_config(args)
+    gck = load_checkpoint(args.gallery, expect_kind="gallery")
+    data_name = _data_name(args)
+    data = load_data(data_name, "train", args.data_dir)
+    imgs = data.images
+    in_ch = int(imgs.shape[3] if hasattr(imgs, "shape") else imgs[0].shape[2])
+    overrides = {"depths": _ints(args.depths, "--depths"), "kernels": _ints(args.kernels, "--kernels"),
+                 "expands": _floats(args.expands, "--expands") or None, "widths": _floats(args.widths, "--widths") or None,
+                 "resolutions": _ints(args.resolutions, "--resolutions")}
+    if args.space:
+        base = SupernetConfig.load(args.space).to_dict()
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        space = SupernetConfig.from_dict(base)
+    else:
+        space = default_supernet_config(gck.model, in_ch, **overrides)
+    ncfg = SupernetTrainConfig(num_random=args.num_random, distill_weight=args.distill, calib_images=args.calib_images)
+    out = train_supernet(data, gck, args.out, cfg, space, ncfg, resume=args.resume, progress=not args.no_progress,
+                         data_name=data_name, gallery_ref=args.gallery)
+    from .supernet import arch_macs, largest_arch, smallest_arch
+
+    print(f"supernet written to {out}  (subnets from {arch_macs(space, smallest_arch(space)) / 1e6:.3f} to "
+          f"{arch_macs(space, largest_arch(space)) / 1e6:.3f} MMACs; space in {Path(out) / 'config.json'})")
+    return 0
+
+
+def cmd_search(args) -> int:
+    from hetsearch.report import format_table
+
+    from .data import load_data
+    from .search import LatencyTable, MacsCost, SearchConfig, run_search
+    from .supernet import load_supernet
+    from .train import set_threads
+
+    set_threads(args.threads)
+    net, meta = load_supernet(args.supernet)
+    if args.latency_profile:
+        cost = LatencyTable(net.config, args.latency_profile)
+        cap = args.max_ms
+        if args.max_mmacs is not None:
+            raise ModelError("with --latency-profile the budgets are in ms: use --max-ms (and --budgets in ms)")
+    else:
+        cost = MacsCost(net.config)
+        cap = args.max_mmacs
+        if args.max_ms is not None:
+            raise ModelError("--max-ms needs --latency-profile FILE (a per-device latency profile)")
+    budgets = _floats(args.budgets, "--budgets") + ([cap] if cap is not None else [])
+    if not budgets:
+        raise ModelError("give a budget: --max-mmacs X and/or --budgets a,b,c")
+    if cap is not None and any(b > cap for b in budgets):
+        raise ModelError(f"--budgets has a budget above the constraint {cap:g} {cost.unit}")
+    if any(b <= 0 for b in budgets):
+        raise ModelError("budgets must be > 0")
+    data = load_data(_data_name(args, meta), "train", args.data_dir)
+    scfg = SearchConfig(population=args.population, generations=args.generations, parents=args.parents,
+                        mutation_prob=args.mutation_prob, mutation_ratio=args.mutation_ratio, seed=args.seed)
+    res = run_search(args.supernet, data, _gallery_from(args, meta, args.supernet), args.out, budgets,
+                     reward=args.reward, scfg=scfg, random_baseline=not args.no_random_baseline, cost_model=cost,
+                     max_val_samples=args.max_val_samples, calib_images=args.calib_images,
+                     save_models=not args.no_save_models, progress=not args.no_progress)
+    rows = []
+    for b, best in res["best"].items():
+        rnd = (res.get("random") or {}).get("best", {}).get(b)
+        rows.append({"budget": f"{b} {cost.unit}", "MMACs": best["mmacs"], "het R@1": best["het_r1"],
+                     "homo R@1": best["homo_r1"], "random het R@1": rnd["het_r1"] if rnd else None,
+                     "arch": f"w{best['arch']['width']} r{best['arch']['resolution']} d{best['arch']['depths']}"})
+    print(format_table(rows))
+    print(f"{res['evaluations']} evaluations in {res['seconds']:.0f} s; Pareto front of {len(res['pareto'])} subnets; "
+          f"written to {args.out}/search.json and pareto.png")
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    from .data import load_data
+    from .search import finetune_subnet
+    from .supernet import load_supernet
+
+    cfg = _train_config(args)
+    _, meta = load_supernet(args.supernet)
+    data = load_data(_data_name(args, meta), "train", args.data_dir)
+    ck = finetune_subnet(data, args.supernet, args.subnet, _gallery_from(args, meta, args.supernet), args.out, cfg,
+                         calib_images=args.calib_images, progress=not args.no_progress, resume=args.resume)
+    m = ck.meta.get("metrics", {})
+    print(f"query checkpoint written to {args.out}: {ck.meta.get('mmacs', 0):.3f} MMACs, "
+          f"val heterogeneous R@1 {m.get('val_heterogeneous_r1', float('nan')):.2f}, "
+          f"homogeneous {m.get('val_homogeneous_r1', float('nan')):.2f}")
+    return 0
+
+
+def register(sub) -> None:
+    from hetsearch.cli import HelpFormatter
+
+    nas = sub.add_parser("nas", help="CMP-NAS: supernet, search, finetune", description=__doc__, epilog=NAS_EPILOG,
+                         formatter_class=HelpFormatter)
+    nsub = nas.add_subparsers(dest="nas_command", metavar="STEP")
+    nas.set_defaults(func=lambda a: (nas.print_help(), 2)[1])
+
+    p = nsub.add_parser("supernet", help="train an elastic supernet against a frozen gallery model",
+                        description="Train an elastic MobileNetV3 supernet against a frozen gallery model with a "
+                        "compatibility loss (sandwich rule + in-place distillation).",
+                        epilog=SUPERNET_EPILOG, formatter_class=HelpFormatter)
+    p.add_argument("--gallery", required=True, help="gallery checkpoint directory (the frozen model)")
+    p.add_argument("--out", required=True, help="supernet directory to write")
+    s = p.add_argument_group("search space")
+    s.add_argument("--space", default=None, help="a supernet config.json (or JSON text) to start from")
+    s.add_argument("--depths", default=None, help="blocks per stage choices (default 1,2,3)")
+    s.add_argument("--kernels", default=None, help="depthwise kernel choices (default 3,5,7)")
+    s.add_argument("--expands", default=None, help="expand ratio choices (default 3,4,6)")
+    s.add_argument("--widths", default=None, help="width multiplier choices (default 0.35,0.5,0.75,1.0)")
+    s.add_argument("--resolutions", default=None, help="input resolution choices (default: the gallery's size)")
+    w = p.add_argument_group("sandwich rule")
+    w.add_argument("--num-random", type=int, default=2, help="random subnets per step besides largest and smallest")
+    w.add_argument("--distill", type=float, default=1.0, help="weight of in-place distillation from the largest subnet")
+    w.add_argument("--calib-images", type=int, default=500, help="images for BN recalibration before validation")
+    _add_training_flags(p, epochs=6, lr=0.1)
+    p.set_defaults(func=cmd_supernet)
+
+    p = nsub.add_parser("search", help="evolutionary search of a supernet under cost budgets",
+                        description="Evolutionary search for the most compatible subnet under each budget.",
+                        epilog=SEARCH_EPILOG, formatter_class=HelpFormatter)
+    p.add_argument("--supernet", required=True, help="supernet directory (from `nas supernet`)")
+    p.add_argument("--out", required=True, help="search directory to write")
+    p.add_argument("--max-mmacs", type=float, default=None, help="the cost constraint in MMACs (never exceeded)")
+    p.add_argument("--budgets", default=None, help="several budgets served by one search, e.g. 0.13,0.4,1.3")
+    p.add_argument("--latency-profile", default=None, help="per-device latency profile JSON: budgets in ms")
+    p.add_argument("--max-ms", type=float, default=None, help="latency constraint (with --latency-profile)")
+    p.add_argument("--gallery", default=None, help="gallery checkpoint (default: the one the supernet recorded)")
+    p.add_argument("--data", default=None, help="training data to carve the validation split from "
+                   "(default: what the supernet was trained on)")
+    p.add_argument("--data-dir", default=None)
+    e = p.add_argument_group("evolution")
+    e.add_argument("--reward", default="heterogeneous", help="heterogeneous | homogeneous | mix:A (default heterogeneous)")
+    e.add_argument("--population", type=int, default=24, help="per budget (default 24)")
+    e.add_argument("--generations", type=int, default=6)
+    e.add_argument("--parents", type=float, default=0.25, help="fraction of the population kept as parents")
+    e.add_argument("--mutation-prob", type=float, default=0.1, help="per-gene mutation probability")
+    e.add_argument("--mutation-ratio", type=float, default=0.5, help="fraction of children made by mutation "
+                   "(the rest by crossover)")
+    e.add_argument("--random-baseline", dest="no_random_baseline", action="store_false",
+                   help="also run random search with the same number of evaluations (the default)")
+    e.add_argument("--no-random-baseline", dest="no_random_baseline", action="store_true")
+    e.add_argument("--seed", type=int, default=0)
+    v = p.add_argument_group("evaluation")
+    v.add_argument("--max-val-samples", type=int, default=1000, help="validation images per evaluation")
+    v.add_argument("--calib-images", type=int, default=500, help="training images for BN recalibration")
+    v.add_argument("--no-save-models", action="store_true", help="write arch.json + spec.json only")
+    v.add_argument("--threads", type=int, default=None)
+    v.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_search, no_random_baseline=False)
+
+    p = nsub.add_parser("finetune", help="finetune a searched subnet into a query checkpoint",
+                        description="Extract a subnet with its inherited weights and finetune it against the "
+                        "gallery model with the compatibility loss.",
+                        epilog=FINETUNE_EPILOG, formatter_class=HelpFormatter)
+    p.add_argument("--subnet", required=True, help="subnet-<budget>/ folder, arch.json file or arch JSON")
+    p.add_argument("--supernet", required=True, help="supernet directory the subnet comes from")
+    p.add_argument("--gallery", default=None, help="gallery checkpoint (default: the one the supernet recorded)")
+    p.add_argument("--out", required=True, help="query checkpoint directory to write")
+    p.add_argument("--calib-images", type=int, default=500)
+    _add_training_flags(p, epochs=3, lr=0.03)
+    p.set_defaults(func=cmd_finetune)

@@ -1,0 +1,635 @@
+"""CMP-NAS search: the best compatible subnet of a trained supernet under a cost budget, and its finetuning.
+
+* **Cost.** A :class:`CostModel` prices an arch: :class:`MacsCost` (MMACs, analytic, the default) or
+  :class:`LatencyTable` (milliseconds on one device, from a profile JSON: a per-layer lookup and/or a
+  linear model in MACs fitted to measured models). Budgets and the constraint are in the cost model's unit.
+* **Reward.** ``heterogeneous`` — R@1 of the subnet's query embeddings against the frozen gallery model's
+  embeddings of a validation split carved from the *training* data (never the evaluation split);
+  ``homogeneous`` — the subnet on both sides; ``mix:A`` — A·heterogeneous + (1−A)·homogeneous.
+  Each candidate is extracted, BatchNorm-recalibrated on a few hundred training images and evaluated;
+  evaluations are cached by arch.
+* **Evolution** (after OFA's finder): per budget a population, the top ``parents`` fraction breeds children
+  by mutation (each gene resampled with ``mutation_prob``) and uniform crossover; infeasible children are
+  rejected and redrawn, so the constraint always holds. All budgets share one pool of evaluations, so one
+  search serves several budgets. A random search with the same number of evaluations is the baseline.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from hetsearch.errors import DataError, HetsearchError, ModelError, SpaceMismatchError
+
+from .supernet import (ElasticMobileNetV3, SupernetConfig, _num, arch_key, arch_layers, arch_macs, arch_to_spec,
+                       canonical_arch, load_supernet, random_genome, recalibrate_bn, smallest_arch)
+
+log = logging.getLogger("hetsearch.nas")
+
+
+class SearchError(HetsearchError):
+    """A search setting is impossible (a budget below the smallest subnet, a bad reward, …)."""
+
+
+# ----------------------------------------------------------------------------- cost models
+
+
+class CostModel:
+    """Prices a subnet arch. Subclasses set ``name`` and ``unit`` and implement :meth:`cost`."""
+
+    name = "cost"
+    unit = ""
+
+    def cost(self, arch: dict) -> float:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {"name": self.name, "unit": self.unit}
+
+
+class MacsCost(CostModel):
+    """Multiply-accumulates of the extracted subnet, in millions (exact, analytic)."""
+
+    name, unit = "macs", "MMACs"
+
+    def __init__(self, space: SupernetConfig):
+        self.space = space
+
+    def cost(self, arch: dict) -> float:
+        return arch_macs(self.space, arch) / 1e6
+
+
+def layer_key(layer: dict) -> str:
+    """The lookup key of one layer in a latency table: op:CINxCOUT:kK:sS:HxW."""
+    h, w = layer["in_hw"]
+    return f"{layer['op']}:{layer['cin']}x{layer['cout']}:k{layer['k']}:s{layer['stride']}:{h}x{w}"
+
+
+class LatencyTable(CostModel):
+    """Latency in milliseconds on one device, from a profile JSON::
+
+        {"device": "pixel-7/cpu/fp32",
+         "linear": {"ms_per_mmac": 0.8, "intercept_ms": 0.3},          # or "measurements" to fit it:
+         "measurements": [{"mmacs": 1.3, "latency_ms": 1.4}, ...],      # measured models (least squares)
+         "layers": {"dw:96x96:k5:s1:7x7": 0.021, ...}}                  # optional per-layer lookup
+
+    With ``layers``, a subnet costs the sum of its layers (the linear model prices layers missing from the
+    table by their MACs, and its intercept is added once); without, the linear model prices the whole net.
+    """
+
+    name, unit = "latency", "ms"
+
+    def __init__(self, space: SupernetConfig, profile: dict | str | os.PathLike):
+        self.space = space
+        if not isinstance(profile, dict):
+            p = Path(profile)
+            try:
+                profile = json.loads(p.read_text())
+            except FileNotFoundError:
+                raise DataError(f"latency profile {p} not found") from None
+            except (OSError, json.JSONDecodeError) as exc:
+                raise DataError(f"cannot read latency profile {p}: {exc}") from exc
+        if not isinstance(profile, dict):
+            raise DataError("a latency profile must be a JSON object")
+        self.device = str(profile.get("device", "unknown"))
+        self.layers = {str(k): float(v) for k, v in (profile.get("layers") or {}).items()}
+        if "linear" in profile:
+            lin = profile["linear"]
+            try:
+                self.slope, self.intercept = float(lin["ms_per_mmac"]), float(lin.get("intercept_ms", 0.0))
+            except (KeyError, TypeError, ValueError):
+                raise DataError("latency profile: 'linear' needs ms_per_mmac (and optionally intercept_ms)") from None
+        elif profile.get("measurements"):
+            self.slope, self.intercept = self.fit(profile["measurements"])
+        elif self.layers:
+            self.slope, self.intercept = 0.0, 0.0
+        else:
+            raise DataError("latency profile needs 'linear', 'measurements' or 'layers'")
+
+    @staticmethod
+    def fit(measurements: list) -> tuple[float, float]:
+        """Least-squares latency_ms ≈ slope·mmacs + intercept over measured models."""
+        try:
+            xs = np.array([float(m["mmacs"]) for m in measurements])
+            ys = np.array([float(m["latency_ms"]) for m in measurements])
+        except (KeyError, TypeError, ValueError):
+            raise DataError("latency profile: each measurement needs 'mmacs' and 'latency_ms'") from None
+        if len(xs) == 1:
+            return float(ys[0] / max(xs[0], 1e-9)), 0.0
+        if np.ptp(xs) == 0:
+            raise DataError("latency profile: measurements need at least two different MMACs values")
+        slope, intercept = np.polyfit(xs, ys, 1)
+        return float(slope), float(intercept)
+
+    def cost(self, arch: dict) -> float:
+        layers = arch_layers(self.space, arch)
+        if self.layers:
+            total = sum(self.layers.get(layer_key(l), self.slope * l["macs"] / 1e6) for l in layers)
+            return float(total + self.intercept)
+        return float(self.slope * sum(l["macs"] for l in layers) / 1e6 + self.intercept)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "unit": self.unit, "device": self.device, "ms_per_mmac": self.slope,
+                "intercept_ms": self.intercept, "layer_entries": len(self.layers)}
+
+
+# ----------------------------------------------------------------------------- rewards & evaluation
+
+
+def parse_reward(text: str) -> float:
+    """'heterogeneous' -> 1.0, 'homogeneous' -> 0.0, 'mix:A' -> A (the weight of heterogeneous R@1)."""
+    t = (text or "").strip().lower()
+    if t in ("heterogeneous", "het"):
+        return 1.0
+    if t in ("homogeneous", "homo"):
+        return 0.0
+    if t.startswith("mix:"):
+        try:
+            a = float(t[4:])
+        except ValueError:
+            a = -1.0
+        if 0.0 <= a <= 1.0:
+            return a
+    raise SearchError(f"unknown --reward {text!r}: use heterogeneous, homogeneous or mix:A with 0 <= A <= 1 "
+                      "(the weight of heterogeneous R@1)")
+
+
+class SubnetEvaluator:
+    """Evaluates archs on a supernet: extract, recalibrate BN on ``calib``, embed ``val``, R@1. Cached by arch."""
+
+    def __init__(self, net: ElasticMobileNetV3, calib, val, gallery_val_emb: np.ndarray, reward: str = "heterogeneous",
+                 calib_images: int = 500):
+        from .embed import embed
+        from .metrics import retrieval_metrics
+
+        if len(val) < 2:
+            raise DataError("the search's validation split needs at least 2 images")
+        self._embed, self._metrics = embed, retrieval_metrics
+        self.net, self.calib, self.val, self.g_val = net, calib, val, gallery_val_emb
+        self.reward_name, self.alpha = reward, parse_reward(reward)
+        self.calib_images = calib_images
+        self.cache: dict[str, dict] = {}
+        self.seconds = 0.0
+
+    def __call__(self, arch: dict) -> dict:
+        a = canonical_arch(self.net.config, arch)
+        key = arch_key(a)
+        if key not in self.cache:
+            t = time.time()
+            self.net.set_active_subnet(a)
+            sub = self.net.extract_subnet()
+            recalibrate_bn(sub, self.calib, max_images=self.calib_images)
+            q = self._embed(sub, self.val)
+            het = self._metrics(q, self.g_val, self.val.labels, ks=(1,))["recall_at_1"]
+            homo = self._metrics(q, q, self.val.labels, ks=(1,))["recall_at_1"]
+            self.cache[key] = {"het_r1": het, "homo_r1": homo, "reward": self.alpha * het + (1 - self.alpha) * homo}
+            self.seconds += time.time() - t
+        return dict(self.cache[key])
+
+
+# ----------------------------------------------------------------------------- evolution
+
+
+@dataclass
+class SearchConfig:
+    population: int = 24
+    generations: int = 6
+    parents: float = 0.25
+    mutation_prob: float = 0.1
+    mutation_ratio: float = 0.5
+    seed: int = 0
+    max_tries: int = 2000
+
+    def validate(self) -> None:
+        if self.population < 2:
+            raise SearchError(f"--population must be >= 2, got {self.population}")
+        if self.generations < 0:
+            raise SearchError(f"--generations must be >= 0, got {self.generations}")
+        if not 0 < self.parents <= 1:
+            raise SearchError(f"--parents must be a fraction in (0, 1], got {self.parents}")
+        for name in ("mutation_prob", "mutation_ratio"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise SearchError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)}")
+
+
+class _Space:
+    """Genome operations under a cost constraint."""
+
+    def __init__(self, cfg: SupernetConfig, cost_model: CostModel, rng: random.Random, max_tries: int):
+        self.cfg, self.cost_model, self.rng, self.max_tries = cfg, cost_model, rng, max_tries
+        self._costs: dict[str, float] = {}
+
+    def cost(self, genome: dict) -> float:
+        a = canonical_arch(self.cfg, genome)
+        key = arch_key(a)
+        if key not in self._costs:
+            self._costs[key] = float(self.cost_model.cost(a))
+        return self._costs[key]
+
+    def pad(self, arch: dict) -> dict:
+        """A full genome from a (possibly trimmed) arch: inactive blocks get random genes."""
+        g = copy.deepcopy(arch)
+        D = self.cfg.max_depth
+        for key, choices in (("kernels", self.cfg.kernels), ("expands", self.cfg.expands)):
+            g[key] = [list(v) + [_num(self.rng.choice(choices)) for _ in range(D - len(v))] for v in g[key]]
+        return g
+
+    def mutate(self, genome: dict, p: float) -> dict:
+        c, r = self.cfg, self.rng
+        g = copy.deepcopy(genome)
+        if r.random() < p:
+            g["resolution"] = r.choice(c.resolutions)
+        if r.random() < p:
+            g["width"] = _num(r.choice(c.widths))
+        for i in range(c.num_stages):
+            if r.random() < p:
+                g["depths"][i] = r.choice(c.depths)
+            for j in range(c.max_depth):
+                if r.random() < p:
+                    g["kernels"][i][j] = r.choice(c.kernels)
+                if r.random() < p:
+                    g["expands"][i][j] = _num(r.choice(c.expands))
+        return g
+
+    def crossover(self, a: dict, b: dict) -> dict:
+        r = self.rng
+        pick = lambda x, y: copy.deepcopy(x if r.random() < 0.5 else y)  # noqa: E731
+        g = {"resolution": pick(a["resolution"], b["resolution"]), "width": pick(a["width"], b["width"]),
+             "depths": [pick(x, y) for x, y in zip(a["depths"], b["depths"])],
+             "kernels": [[pick(x, y) for x, y in zip(ka, kb)] for ka, kb in zip(a["kernels"], b["kernels"])],
+             "expands": [[pick(x, y) for x, y in zip(ea, eb)] for ea, eb in zip(a["expands"], b["expands"])]}
+        return g
+
+    def repair(self, genome: dict, budget: float) -> dict:
+        """Shrink random genes one choice at a time until the genome fits the budget."""
+        c, g = self.cfg, copy.deepcopy(genome)
+        while self.cost(g) > budget:
+            options = []
+            for key, choices in (("resolution", c.resolutions), ("width", c.widths)):
+                if choices.index(_match(choices, g[key])) > 0:
+                    options.append((key, None, None))
+            for i in range(c.num_stages):
+                if c.depths.index(g["depths"][i]) > 0:
+                    options.append(("depths", i, None))
+                for j in range(g["depths"][i]):
+                    for key, choices in (("kernels", c.kernels), ("expands", c.expands)):
+                        if choices.index(_match(choices, g[key][i][j])) > 0:
+                            options.append((key, i, j))
+            if not options:
+                raise SearchError(f"no subnet fits the budget {budget:g} {self.cost_model.unit}")
+            key, i, j = self.rng.choice(options)
+            choices = {"resolution": c.resolutions, "width": c.widths, "depths": c.depths, "kernels": c.kernels,
+                       "expands": c.expands}[key]
+            if i is None:
+                g[key] = _num(choices[choices.index(_match(choices, g[key])) - 1])
+            elif j is None:
+                g[key][i] = choices[choices.index(g[key][i]) - 1]
+            else:
+                g[key][i][j] = _num(choices[choices.index(_match(choices, g[key][i][j])) - 1])
+        return g
+
+    def feasible(self, make: Callable[[], dict], budget: float) -> dict:
+        """Draw from ``make`` until the result fits (rejection); after max_tries repair the last draw."""
+        g = make()
+        for _ in range(self.max_tries):
+            if self.cost(g) <= budget:
+                return g
+            g = make()
+        return self.repair(g, budget)
+
+    def random_feasible(self, budget: float) -> dict:
+        return self.feasible(lambda: random_genome(self.cfg, self.rng), budget)
+
+
+def _match(choices, v):
+    for c in choices:
+        if abs(float(c) - float(v)) < 1e-9:
+            return c
+    return v
+
+
+def _record(space: _Space, evaluate, genome: dict, origin: str, generation: int) -> dict:
+    a = canonical_arch(space.cfg, genome)
+    res = evaluate(a)
+    return {"arch": a, "key": arch_key(a), "cost": space.cost(a), "mmacs": arch_macs(space.cfg, a) / 1e6,
+            **res, "origin": origin, "generation": generation}
+
+
+def _rank(records) -> list[dict]:
+    return sorted(records, key=lambda r: (-r["reward"], r["cost"], r["key"]))
+
+
+def best_under(records, budget: float) -> dict | None:
+    pool = [r for r in records if r["cost"] <= budget + 1e-12]
+    return _rank(pool)[0] if pool else None
+
+
+def pareto_front(records, x: str = "mmacs", y: str = "het_r1") -> list[dict]:
+    """Non-dominated records: no other has lower-or-equal ``x`` and higher ``y`` (ties broken by x)."""
+    front, best_y = [], -np.inf
+    for r in sorted(records, key=lambda r: (r[x], -r[y])):
+        if r[y] > best_y:
+            front.append(r)
+            best_y = r[y]
+    return front
+
+
+def check_budgets(cfg: SupernetConfig, cost_model: CostModel, budgets) -> list[float]:
+    budgets = sorted({float(b) for b in budgets})
+    if not budgets:
+        raise SearchError("give a budget: --max-mmacs X (and/or --budgets a,b,c)")
+    floor = cost_model.cost(smallest_arch(cfg))
+    too_small = [b for b in budgets if b < floor]
+    if too_small:
+        raise SearchError(f"budget {too_small[0]:g} {cost_model.unit} is below the smallest subnet of this supernet "
+                          f"({floor:.4g} {cost_model.unit})")
+    return budgets
+
+
+def evolutionary_search(cfg: SupernetConfig, evaluate: Callable[[dict], dict], cost_model: CostModel, budgets,
+                        scfg: SearchConfig | None = None, progress: bool = True) -> dict:
+    """Evolution for every budget over one shared pool of evaluations. Returns records, history, best."""
+    scfg = scfg or SearchConfig()
+    scfg.validate()
+    budgets = check_budgets(cfg, cost_model, budgets)
+    rng = random.Random(scfg.seed)
+    space = _Space(cfg, cost_model, rng, scfg.max_tries)
+    records: dict[str, dict] = {}
+    genomes: dict[str, dict] = {}
+    history = []
+    P = scfg.population
+    n_parents = max(2, int(round(scfg.parents * P)))
+    n_mut = int(round(scfg.mutation_ratio * P))
+    total = len(budgets) * P * (scfg.generations + 1)
+    bar = tqdm(total=total, desc="evolution", unit="cand", disable=not progress, leave=False)
+
+    def add(genome, origin, gen):
+        key = arch_key(canonical_arch(cfg, genome))
+        if key not in records:
+            records[key] = _record(space, evaluate, genome, origin, gen)
+            genomes[key] = genome
+        bar.update(1)
+
+    for b in budgets:
+        for _ in range(P):
+            add(space.random_feasible(b), f"init@{b:g}", 0)
+    for gen in range(scfg.generations + 1):
+        if gen > 0:
+            for b in budgets:
+                parents = _rank([r for r in records.values() if r["cost"] <= b])[:n_parents]
+                pg = [space.pad(genomes[r["key"]]) for r in parents]
+                for c in range(P):
+                    if c < n_mut:
+                        child = space.feasible(lambda: space.mutate(rng.choice(pg), scfg.mutation_prob), b)
+                    else:
+                        child = space.feasible(lambda: space.crossover(rng.choice(pg), rng.choice(pg)), b)
+                    add(child, f"gen{gen}@{b:g}", gen)
+        for b in budgets:
+            top = _rank([r for r in records.values() if r["cost"] <= b])
+            history.append({"generation": gen, "budget": b, "evaluations": len(records),
+                            "best_reward": top[0]["reward"], "best_het_r1": top[0]["het_r1"],
+                            "best_cost": top[0]["cost"], "best_key": top[0]["key"],
+                            "parents_mean_reward": float(np.mean([r["reward"] for r in top[:n_parents]]))})
+        if progress:
+            bar.set_postfix({f"{b:g}": f"{best_under(records.values(), b)['reward']:.2f}" for b in budgets})
+    bar.close()
+    recs = list(records.values())
+    return {"records": recs, "history": history, "budgets": budgets,
+            "best": {f"{b:g}": best_under(recs, b) for b in budgets}, "evaluations": len(recs)}
+
+
+def random_search(cfg: SupernetConfig, evaluate: Callable[[dict], dict], cost_model: CostModel, budgets,
+                  evaluations: int, seed: int = 0, progress: bool = True, max_tries: int = 2000) -> dict:
+    """The baseline: ``evaluations`` distinct random feasible subnets, split evenly across the budgets."""
+    budgets = check_budgets(cfg, cost_model, budgets)
+    rng = random.Random(seed + 7919)
+    space = _Space(cfg, cost_model, rng, max_tries)
+    records: dict[str, dict] = {}
+    bar = tqdm(total=evaluations, desc="random search", unit="cand", disable=not progress, leave=False)
+    for bi, b in enumerate(budgets):
+        quota = evaluations // len(budgets) + (1 if bi < evaluations % len(budgets) else 0)
+        got, draws = 0, 0
+        while got < quota and draws < 10 * quota + 20:  # small budgets may hold fewer distinct subnets
+            draws += 1
+            g = space.random_feasible(b)
+            key = arch_key(canonical_arch(cfg, g))
+            if key in records:
+                continue
+            records[key] = _record(space, evaluate, g, f"random@{b:g}", 0)
+            got += 1
+            bar.update(1)
+    bar.close()
+    recs = list(records.values())
+    return {"records": recs, "budgets": budgets, "best": {f"{b:g}": best_under(recs, b) for b in budgets},
+            "evaluations": len(recs)}
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def plot_pareto(path: str | os.PathLike, evo: dict, rnd: dict | None, budgets, title: str = "") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    recs = evo["records"]
+    ax.scatter([r["mmacs"] for r in recs], [r["het_r1"] for r in recs], s=10, alpha=0.35, color="tab:blue",
+               label=f"evolution ({len(recs)} evaluated)")
+    front = pareto_front(recs)
+    ax.plot([r["mmacs"] for r in front], [r["het_r1"] for r in front], "-o", color="tab:blue", ms=4, label="Pareto front")
+    if rnd:
+        rr = rnd["records"]
+        ax.scatter([r["mmacs"] for r in rr], [r["het_r1"] for r in rr], s=10, alpha=0.35, marker="x", color="tab:orange",
+                   label=f"random search ({len(rr)} evaluated)")
+    winners: dict[str, tuple[dict, list]] = {}
+    for b, best in evo["best"].items():
+        if best:
+            winners.setdefault(best["key"], (best, []))[1].append(b)
+    for best, bs in winners.values():
+        ax.scatter([best["mmacs"]], [best["het_r1"]], s=70, marker="*", color="tab:red", zorder=5)
+        ax.annotate("best ≤ " + ", ".join(bs), (best["mmacs"], best["het_r1"]), textcoords="offset points",
+                    xytext=(4, -10), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("query model MMACs")
+    ax.set_ylabel("heterogeneous R@1 on validation (%)")
+    ax.set_title(title or "CMP-NAS: subnets vs the gallery model")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(p, dpi=120)
+    plt.close(fig)
+    return p
+
+
+# ----------------------------------------------------------------------------- the whole search
+
+
+def _slim(r: dict | None) -> dict | None:
+    if r is None:
+        return None
+    return {k: r[k] for k in ("arch", "cost", "mmacs", "het_r1", "homo_r1", "reward", "origin", "generation")}
+
+
+def budget_dirname(budget: float) -> str:
+    return f"subnet-{budget:g}"
+
+
+def prepare_search_data(net_meta: dict, data, gallery_model, val_fraction: float | None, seed: int | None,
+                        max_val_samples: int, calib_images: int):
+    """The validation split (carved from training data exactly as the supernet's trainer did, so the
+    supernet never trained on it), calibration images from the training part, and the gallery's
+    embeddings of the validation split."""
+    from .data import train_val_split
+    from .embed import embed
+
+    tc = net_meta.get("train_config") or {}
+    vf = float(val_fraction if val_fraction is not None else tc.get("val_fraction", 0.1))
+    sd = int(seed if seed is not None else tc.get("seed", 0))
+    train, val = train_val_split(data, vf, sd, None, max_val_samples)
+    if len(val) < 2:
+        raise DataError(f"the validation split has {len(val)} images; search needs at least 2")
+    calib = train.subset(np.random.default_rng(sd).permutation(len(train))[:calib_images], "calib")
+    return calib, val, embed(gallery_model, val)
+
+
+def run_search(supernet_dir: str | os.PathLike, data, gallery, out: str | os.PathLike, budgets, *,
+               reward: str = "heterogeneous", scfg: SearchConfig | None = None, random_baseline: bool = True,
+               cost_model: CostModel | None = None, max_val_samples: int = 1000, calib_images: int = 500,
+               val_fraction: float | None = None, split_seed: int | None = None, save_models: bool = True,
+               progress: bool = True) -> dict:
+    """Search a supernet for every budget; write search.json, pareto.png and subnet-<budget>/ folders."""
+    from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+    from hetsearch.report import write_json
+
+    t0 = time.time()
+    scfg = scfg or SearchConfig()
+    scfg.validate()
+    parse_reward(reward)
+    net, meta = load_supernet(supernet_dir)
+    gck = gallery if isinstance(gallery, Checkpoint) else load_checkpoint(gallery, expect_kind="gallery")
+    if meta.get("space_id") and meta["space_id"] != gck.space_id:
+        raise SpaceMismatchError(meta["space_id"], gck.space_id, what="the gallery model given to the search")
+    cfg = net.config
+    cost_model = cost_model or MacsCost(cfg)
+    budgets = check_budgets(cfg, cost_model, budgets)
+    calib, val, g_val = prepare_search_data(meta, data, gck.model, val_fraction, split_seed, max_val_samples,
+                                            calib_images)
+    evaluator = SubnetEvaluator(net, calib, val, g_val, reward, calib_images)
+    evo = evolutionary_search(cfg, evaluator, cost_model, budgets, scfg, progress)
+    rnd = None
+    if random_baseline:
+        rnd = random_search(cfg, evaluator, cost_model, budgets, evo["evaluations"], scfg.seed, progress, scfg.max_tries)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    nas_info = {"supernet": str(supernet_dir), "space_id": gck.space_id, "reward": reward,
+                "cost_model": cost_model.describe()}
+    result = {
+        "kind": "cmpnas-search", "supernet": str(supernet_dir), "space_id": gck.space_id,
+        "gallery_model_id": gck.name, "gallery_mmacs": gck.macs / 1e6, "reward": reward,
+        "cost_model": cost_model.describe(), "budgets": budgets, "settings": asdict(scfg),
+        "validation": {"images": len(val), "calib_images": len(calib), "source": val.source},
+        "evaluations": evo["evaluations"],
+        "best": {b: _slim(r) for b, r in evo["best"].items()},
+        "pareto": [_slim(r) for r in pareto_front(evo["records"])],
+        "history": evo["history"],
+        "evaluated": [_slim(r) for r in sorted(evo["records"], key=lambda r: r["mmacs"])],
+        "random": None if rnd is None else {
+            "evaluations": rnd["evaluations"], "best": {b: _slim(r) for b, r in rnd["best"].items()},
+            "pareto": [_slim(r) for r in pareto_front(rnd["records"])],
+            "evaluated": [_slim(r) for r in sorted(rnd["records"], key=lambda r: r["mmacs"])]},
+    }
+    for tag, res in (("", evo), ("random/", rnd)):
+        if res is None:
+            continue
+        for b, best in res["best"].items():
+            d = out / tag / budget_dirname(float(b))
+            info = {**nas_info, "budget": float(b), "budget_unit": cost_model.unit, "arch": best["arch"],
+                    "search": "random" if tag else "evolution", "cost": best["cost"], "mmacs": best["mmacs"],
+                    "val_het_r1": best["het_r1"], "val_homo_r1": best["homo_r1"], "reward_value": best["reward"]}
+            write_json(d / "arch.json", info)
+            write_json(d / "spec.json", arch_to_spec(cfg, best["arch"], name=f"cmpnas-{b}"))
+            if save_models:
+                net.set_active_subnet(best["arch"])
+                sub = net.extract_subnet(name=f"cmpnas-{b}")
+                recalibrate_bn(sub, calib, max_images=calib_images)
+                save_checkpoint(d, sub, kind="query", space_id=gck.space_id,
+                                train_config={"inherited_from_supernet": True},
+                                metrics={"val_heterogeneous_r1": best["het_r1"], "val_homogeneous_r1": best["homo_r1"]},
+                                extra={"model_id": f"cmpnas-{b}", "nas": info, "gallery_space_id": gck.space_id})
+    result["seconds"] = round(time.time() - t0, 1)
+    result["evaluation_seconds"] = round(evaluator.seconds, 1)
+    write_json(out / "search.json", result)
+    plot_pareto(out / "pareto.png", evo, rnd, budgets,
+                title=f"CMP-NAS search ({reward}, {evo['evaluations']} evaluations)")
+    return result
+
+
+# ----------------------------------------------------------------------------- finetuning
+
+
+def load_subnet_arch(subnet: Any) -> tuple[dict, dict]:
+    """(arch, info) from an arch dict, JSON text, an arch.json file or a subnet-<budget>/ folder."""
+    if isinstance(subnet, dict):
+        info = subnet
+    elif isinstance(subnet, str) and subnet.lstrip().startswith("{"):
+        try:
+            info = json.loads(subnet)
+        except json.JSONDecodeError as exc:
+            raise ModelError(f"--subnet is not valid JSON: {exc}") from exc
+    else:
+        p = Path(subnet)
+        if p.is_dir():
+            p = p / "arch.json"
+        if not p.is_file():
+            raise ModelError(f"--subnet {subnet}: no arch.json there (give a subnet-<budget>/ folder from "
+                             "`hetsearch nas search`, an arch.json file or arch JSON)")
+        try:
+            info = json.loads(p.read_text())
+        except json.JSONDecodeError as exc:
+            raise ModelError(f"{p} is not valid JSON: {exc}") from exc
+    if not isinstance(info, dict):
+        raise ModelError("--subnet must hold a JSON object")
+    arch = info.get("arch", info)
+    return arch, (info if "arch" in info else {})
+
+
+def finetune_subnet(data, supernet_dir: str | os.PathLike, subnet: Any, gallery, out: str | os.PathLike, cfg=None, *,
+                    calib_images: int = 500, progress: bool = True, resume: bool = False):
+    """Extract a subnet with its inherited weights and finetune it against the gallery with ``train_query``;
+    the result is an ordinary query checkpoint with ``nas`` info (supernet, arch, budget) in its meta."""
+    from .checkpoint import Checkpoint, load_checkpoint
+    from .data import train_val_split
+    from .train import TrainConfig, train_query
+
+    cfg = cfg or TrainConfig()
+    net, meta = load_supernet(supernet_dir)
+    arch, info = load_subnet_arch(subnet)
+    arch = net.set_active_subnet(arch)
+    gck = gallery if isinstance(gallery, Checkpoint) else load_checkpoint(gallery, expect_kind="gallery")
+    if meta.get("space_id") and meta["space_id"] != gck.space_id:
+        raise SpaceMismatchError(meta["space_id"], gck.space_id, what="the supernet's embedding space")
+    if tuple(gck.model.input_size) != (arch["resolution"],) * 2:
+        log.warning("subnet resolution %d differs from the gallery's input %s: the foundation's trainer feeds the "
+                    "gallery model the query's input size while finetuning", arch["resolution"], gck.model.input_size)
+    sub = net.extract_subnet(name=Path(out).name)
+    train, _ = train_val_split(data, cfg.val_fraction, cfg.seed, cfg.max_train_samples, None)
+    recalibrate_bn(sub, train.subset(np.arange(min(len(train), calib_images)), "calib"), max_images=calib_images)
+    nas = {"supernet": str(supernet_dir), "supernet_space_id": meta.get("space_id"), "arch": arch,
+           "mmacs": arch_macs(net.config, arch) / 1e6, "budget": info.get("budget"),
+           "budget_unit": info.get("budget_unit"), "search": info.get("search"), "reward": info.get("reward"),
+           "val_het_r1_inherited": info.get("val_het_r1")}
+    return train_query(data, gck, sub, out, cfg, resume=resume, progress=progress, extra_meta={"nas": nas})
