@@ -18,6 +18,7 @@ from .errors import HetsearchError
 # Modules that contribute sub-commands, in the order they appear in --help.
 COMMAND_MODULES = (
     "hetsearch.cmpnas.cli",  # train, eval, nas
+    "hetsearch.cmpnas.nas_cli",
     "hetsearch.export.cli",  # export, check
     "hetsearch.export.profile_cli",  # profile
     "hetsearch.gallery_server.cli",  # index, serve
