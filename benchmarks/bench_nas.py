@@ -38,7 +38,7 @@ def parse_args(argv=None):
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
                "  python -m benchmarks.bench_nas --gallery runs/gallery --out benchmarks/results\n"
-               "  python -m benchmarks.bench_nas --quick --gallery runs/gallery --out /tmp/bench\n"
+               "  python -m benchmarks.bench_nas --quick --gallery runs/gallery --out runs/bench-quick\n"
                "  python -m benchmarks.bench_nas --gallery runs/gallery --supernet-epochs 6 --finetune-epochs 3 "
                "--max-train-samples 30000 --reuse\n")
     p.add_argument("--gallery", required=True, help="trained gallery checkpoint (the paragon)")
