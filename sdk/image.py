@@ -129,10 +129,11 @@ def _open_pil(item: Any, label: str):
         raise ImageError(f"{label}: not a readable image (unknown or corrupt format)") from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageError(f"{label}: cannot decode the image: {exc}") from exc
-    try:
-        img = ImageOps.exif_transpose(img)  # camera photos: upright as the user saw them
-    except Exception:  # malformed EXIF must not make a readable image unusable
-        pass
+    if "exif" in img.info or img.format in ("TIFF", "MPO"):
+        try:
+            img = ImageOps.exif_transpose(img)  # camera photos: upright as the user saw them
+        except Exception:  # malformed EXIF must not make a readable image unusable
+            pass
     return img
 
 

@@ -25,7 +25,7 @@ def gray_bundle(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def rgb_bundle(tmp_path_factory):
-    return cached_bundle(tmp_path_factory, channels=3, size=32, formats=("onnx",), seed=1)
+    return cached_bundle(tmp_path_factory, channels=3, size=32, formats=("onnx",), seed=1, exporter=False)
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
