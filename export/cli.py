@@ -1,5 +1,233 @@
-"""Sub-commands of this part (filled in as the part grows)."""
+"""``hetsearch export`` and ``hetsearch check`` (``profile`` is registered by the profiling module)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+RAW = argparse.RawDescriptionHelpFormatter
+
+EXPORT_EPILOG = """\
+examples:
+  # every format and precision, checked against the gallery model (the compatibility gate)
+  hetsearch export runs/query --formats onnx,tflite,coreml --precision fp32,fp16,int8 \\
+      --gallery runs/gallery --out bundles/query
+
+  # just ONNX fp32, parity only, table also as JSON
+  hetsearch export runs/query --formats onnx --out bundles/query --json export.json
+
+  # int8 calibrated on your own training images (an ImageFolder tree or an .npz)
+  hetsearch export runs/query --precision int8 --data photos/train --calib-samples 500 --out bundles/q8
+
+Calibration images (int8) and check images come from the TRAINING data: a validation split is
+carved out of --data (stratified, --val-fraction, seed --seed); checks use --check-samples images of
+it and calibration --calib-samples of the rest. The evaluation split is never touched.
+
+Every file takes float32 pixels [1, C, H, W] in [0, 255] named "pixels" and returns an L2-normalised
+"embedding" [1, dim]; manifest.json records sha256, parity and compatibility of each file. A
+format that fails to convert is listed as failed and the rest continue. Exit status: 0, or 3 when
+a check failed (unless --allow-mismatch), 2 on bad input.
+"""
+
+CHECK_EPILOG = """\
+examples:
+  # compatibility gate + parity against the PyTorch query model
+  hetsearch check bundles/query --gallery runs/gallery --query runs/query
+
+  # compatibility gate only, on 500 validation images of an .npz, results as JSON
+  hetsearch check bundles/query --gallery runs/gallery --data data.npz --check-samples 500 --json check.json
+
+  # a bundle for another gallery: report instead of refusing
+  hetsearch check bundles/query --gallery runs/gallery-v2 --allow-mismatch
+
+Parity needs the PyTorch weights, which a bundle does not carry: pass --query CKPT (the checkpoint
+the bundle was exported from; the manifest's weights digest is checked). The compatibility gate
+needs only --gallery. Every file's sha256 is verified first. Exit status: 0 when every check
+passed, 3 when one failed (0 with --allow-mismatch, which also accepts a different embedding
+space), 2 on bad input or a tampered file.
+"""
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data (training data: a validation split is carved out of it)")
+    g.add_argument("--data", default="fashion-mnist",
+                   help="'fashion-mnist', an ImageFolder directory or an .npz with 'images' and 'labels' "
+                        "(default: fashion-mnist, its train split)")
+    g.add_argument("--data-dir", default=None, help="where Fashion-MNIST's idx .gz files are")
+    g.add_argument("--val-fraction", type=float, default=0.1, help="validation split fraction (default: 0.1)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the split and the samples (default: 0)")
+    g.add_argument("--check-samples", type=int, default=300,
+                   help="validation images for parity and compatibility (default: 300)")
+
+
+def _add_gate_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("thresholds")
+    g.add_argument("--max-drop", default=None, metavar="P=PTS,...",
+                   help="largest allowed heterogeneous R@1 drop in points per precision "
+                        "(default: fp32=0.2,fp16=0.5,int8=1.5)")
+    g.add_argument("--min-compat-ratio", type=float, default=None,
+                   help="heterogeneous R@1 must be at least this fraction of the gallery model's own R@1 "
+                        "(default: 0.5)")
+    g.add_argument("--allow-mismatch", action="store_true",
+                   help="accept a different embedding space and failed checks (report, exit 0)")
 
 
 def register(sub) -> None:
-    return None
+    p = sub.add_parser("export", help="export a checkpoint to ONNX / TFLite / Core ML, checked",
+                       description="Export a query checkpoint to a bundle: one file per format and precision "
+                                   "plus manifest.json, each file checked for parity and compatibility.",
+                       epilog=EXPORT_EPILOG, formatter_class=RAW)
+    p.add_argument("checkpoint", metavar="CKPT", help="checkpoint directory (hetsearch train query / nas)")
+    p.add_argument("--out", required=True, metavar="BUNDLE", help="bundle directory to write")
+    p.add_argument("--formats", default="onnx,tflite,coreml", help="comma-separated: onnx,tflite,coreml or all "
+                                                                 "(default: all three)")
+    p.add_argument("--precision", "--precisions", dest="precision", default="fp32",
+                   help="comma-separated: fp32,fp16,int8 or all (default: fp32)")
+    p.add_argument("--gallery", default=None, metavar="DIR",
+                   help="gallery checkpoint: run the compatibility gate against its embeddings")
+    p.add_argument("--calib-data", default=None, metavar="SRC",
+                   help="int8 calibration images (same kinds as --data; default: the training part of --data)")
+    p.add_argument("--calib-samples", type=int, default=200, help="calibration images for int8 (default: 200)")
+    p.add_argument("--no-check", action="store_true", help="export only; no parity or compatibility checks")
+    p.add_argument("--threads", type=int, default=1, help="runtime threads for the checks (default: 1)")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the manifest and table as JSON")
+    p.add_argument("--quiet", action="store_true", help="print only the table")
+    _add_data_args(p)
+    _add_gate_args(p)
+    p.set_defaults(func=cmd_export)
+
+    c = sub.add_parser("check", help="parity and compatibility checks of an exported bundle",
+                       description="Run every file of a bundle with its real runtime: parity against the PyTorch "
+                                   "query model and the compatibility gate against the gallery model.",
+                       epilog=CHECK_EPILOG, formatter_class=RAW)
+    c.add_argument("bundle", metavar="BUNDLE", help="bundle directory (hetsearch export --out)")
+    c.add_argument("--gallery", default=None, metavar="DIR", help="gallery checkpoint (compatibility gate)")
+    c.add_argument("--query", default=None, metavar="CKPT",
+                   help="the query checkpoint the bundle was exported from (parity)")
+    c.add_argument("--files", default=None, help="comma-separated file names to check (default: all)")
+    c.add_argument("--threads", type=int, default=1, help="runtime threads (default: 1)")
+    c.add_argument("--update-manifest", action="store_true", help="store the results in the manifest's checks")
+    c.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
+    _add_data_args(c)
+    _add_gate_args(c)
+    c.set_defaults(func=cmd_check)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def _split(args):
+    """(train part, validation part) of --data; the checks use validation images only."""
+    from hetsearch.cmpnas.data import load_data, train_val_split
+    from hetsearch.errors import DataError
+
+    ds = load_data(args.data, split="train", data_dir=args.data_dir)
+    if not 0.0 < args.val_fraction < 1.0:
+        raise DataError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
+    return train_val_split(ds, args.val_fraction, args.seed)
+
+
+def _sample(ds, n: int, seed: int, what: str):
+    from hetsearch.cmpnas.data import stratified_sample
+    from hetsearch.errors import DataError
+
+    if n is None or n <= 0:
+        raise DataError(f"{what} must be a positive number of images")
+    if len(ds) < 2:
+        raise DataError(f"{ds.source} has {len(ds)} images; at least 2 are needed for {what}")
+    return ds.subset(stratified_sample(ds.labels, n, seed), what.lstrip("-"))
+
+
+def _thresholds(args) -> dict:
+    from .checks import parse_threshold_args
+
+    return parse_threshold_args(args.max_drop, args.min_compat_ratio)
+
+
+def _failed_message(results: dict) -> str:
+    from .checks import failed_records
+
+    bad = failed_records(results)
+    return (f"{len(bad)} of {len(results)} files failed the checks:\n  - "
+            + "\n  - ".join(f"{p}: {r.get('reason')}" for p, r in bad.items())
+            + "\n(--allow-mismatch reports instead of failing)")
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_export(args) -> int:
+    from hetsearch.errors import CheckFailed, HetsearchError
+    from hetsearch.report import write_json
+
+    from .checks import failed_records
+    from .exporter import export_bundle, format_summary, parse_list, summary_rows
+    from hetsearch import manifest as mf
+
+    formats = parse_list(args.formats, mf.FORMATS, "format")
+    precisions = parse_list(args.precision, mf.PRECISIONS, "precision")
+    thresholds = _thresholds(args)
+    calib = check = None
+    need_data = (not args.no_check) or "int8" in precisions
+    if need_data:
+        train, val = _split(args)
+        if not args.no_check:
+            check = _sample(val, args.check_samples, args.seed + 2, "--check-samples")
+        if "int8" in precisions:
+            if args.calib_data:
+                from hetsearch.cmpnas.data import load_data
+
+                train = load_data(args.calib_data, split="train", data_dir=args.data_dir)
+            calib = _sample(train, args.calib_samples, args.seed + 1, "--calib-samples")
+    if args.threads < 1:
+        raise HetsearchError("--threads must be at least 1")
+    manifest = export_bundle(args.checkpoint, args.out, formats=formats, precisions=precisions, calib_data=calib,
+                             gallery=args.gallery, check_data=check, thresholds=thresholds,
+                             progress=not args.quiet, allow_mismatch=args.allow_mismatch, threads=args.threads)
+    if args.quiet:
+        print(format_summary(manifest))
+    if args.json:
+        write_json(args.json, {"bundle": str(args.out), "rows": summary_rows(manifest), "manifest": manifest})
+    if manifest["failures"]:
+        print(f"warning: {len(manifest['failures'])} format/precision combinations failed to export "
+              "(see the table and manifest.json 'failures')", file=sys.stderr)
+    if failed_records(manifest["checks"]):
+        if args.allow_mismatch:
+            print("warning: " + _failed_message(manifest["checks"]), file=sys.stderr)
+        else:
+            raise CheckFailed(_failed_message(manifest["checks"]))
+    return 0
+
+
+def cmd_check(args) -> int:
+    from hetsearch import manifest as mf
+    from hetsearch.errors import CheckFailed, HetsearchError
+    from hetsearch.report import write_json
+
+    from .checks import check_bundle, failed_records
+    from .exporter import format_summary, summary_rows
+
+    if not args.gallery and not args.query:
+        raise HetsearchError("nothing to check against: give --gallery DIR (compatibility gate) "
+                             "and/or --query CKPT (parity)")
+    if args.threads < 1:
+        raise HetsearchError("--threads must be at least 1")
+    manifest = mf.load(args.bundle)
+    _, val = _split(args)
+    images = _sample(val, args.check_samples, args.seed + 2, "--check-samples")
+    files = [f.strip() for f in args.files.split(",") if f.strip()] if args.files else None
+    results = check_bundle(args.bundle, images, gallery=args.gallery, query=args.query,
+                           allow_mismatch=args.allow_mismatch, thresholds=_thresholds(args), files=files,
+                           threads=args.threads, update_manifest=args.update_manifest)
+    shown = dict(manifest, files=[e for e in manifest["files"] if e["path"] in results], failures=[])
+    print(format_summary(shown, results))
+    ok = not failed_records(results)
+    if args.json:
+        write_json(args.json, {"bundle": str(args.bundle), "passed": ok, "rows": summary_rows(shown, results),
+                               "results": results})
+    if not ok:
+        if args.allow_mismatch:
+            print("warning: " + _failed_message(results), file=sys.stderr)
+        else:
+            raise CheckFailed(_failed_message(results))
+    return 0

@@ -1,0 +1,355 @@
+"""Parity and compatibility checks of a bundle's files, run with their real runtimes.
+
+**Parity** compares a file's embeddings with the PyTorch query model's on the same real images (a
+few hundred from the validation split carved out of the *training* data): cosine similarity mean
+and min, and max absolute difference. Thresholds per precision (:data:`DEFAULT_PARITY`):
+
+=========  ==========  ===========  ==================================================================
+precision  cos min ≥   cos mean ≥   why
+=========  ==========  ===========  ==================================================================
+fp32       0.9999      0.99999      only operator order differs (measured ≥ 0.99999 on every format)
+fp16       0.999       0.9999       fp16 weights (TFLite, Core ML) / fp16 compute (ONNX): ~1e-3 error
+int8       0.90        0.98         full-integer activations: a few outliers drift, the mean must not
+=========  ==========  ===========  ==================================================================
+
+**Compatibility** is what matters for search: the heterogeneous R@1 (%) of the file's embeddings
+as queries against the *gallery model's* embeddings of the same images (leave-one-out,
+:func:`hetsearch.cmpnas.metrics.retrieval_metrics`), compared with the PyTorch query model's. The
+gate fails when
+
+* the drop exceeds :data:`DEFAULT_COMPAT_DROP` points (0.2 fp32, 0.5 fp16, 1.5 int8), or
+* the file's heterogeneous R@1 is below ``min_compat_ratio`` (default 0.5) × the gallery model's own
+  R@1 on the same images — an absolute floor that catches a query model that is not compatible at
+  all (trained against another gallery, untrained, mislabelled), for which the drop is zero.
+
+A bundle whose ``space_id`` differs from the gallery checkpoint's is refused
+(:class:`SpaceMismatchError`) unless ``allow_mismatch``.
+
+Core ML off macOS: the interface (input/output names, shapes, dtypes) is checked; the numeric checks
+are reported ``{"status": "skipped", "reason": "needs macOS"}`` — never "passed".
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hetsearch import manifest as mf
+from hetsearch.errors import BundleError, ModelError, SpaceMismatchError
+
+from .runners import NeedsPlatform, coreml_spec_problems, open_runner
+
+log = logging.getLogger("hetsearch.export")
+
+DEFAULT_PARITY = {
+    "fp32": {"cos_min": 0.9999, "cos_mean": 0.99999},
+    "fp16": {"cos_min": 0.999, "cos_mean": 0.9999},
+    "int8": {"cos_min": 0.90, "cos_mean": 0.98},
+}
+DEFAULT_COMPAT_DROP = {"fp32": 0.2, "fp16": 0.5, "int8": 1.5}
+DEFAULT_MIN_COMPAT_RATIO = 0.5
+DEFAULT_CHECK_SAMPLES = 300
+DEFAULT_CALIB_SAMPLES = 200
+
+PASSED, FAILED, SKIPPED, ERROR = "passed", "failed", "skipped", "error"
+
+
+def default_thresholds() -> dict:
+    return {"parity": copy.deepcopy(DEFAULT_PARITY), "compat_drop": dict(DEFAULT_COMPAT_DROP),
+            "min_compat_ratio": DEFAULT_MIN_COMPAT_RATIO}
+
+
+def merge_thresholds(overrides: dict | None) -> dict:
+    """Defaults updated with ``overrides`` (same shape, any subset), e.g.
+    ``{"compat_drop": {"int8": 3.0}, "parity": {"int8": {"cos_min": 0.8}}, "min_compat_ratio": 0.6}``."""
+    t = default_thresholds()
+    for key, value in (overrides or {}).items():
+        if key == "parity":
+            for prec, limits in value.items():
+                t["parity"].setdefault(prec, {}).update(limits)
+        elif key == "compat_drop":
+            t["compat_drop"].update({k: float(v) for k, v in value.items()})
+        elif key == "min_compat_ratio":
+            t["min_compat_ratio"] = float(value)
+        else:
+            raise ValueError(f"unknown threshold group {key!r}; use parity, compat_drop or min_compat_ratio")
+    return t
+
+
+def parse_threshold_args(compat_drop: str | None = None, min_compat_ratio: float | None = None) -> dict:
+    """``"fp32=0.2,int8=2"`` (from ``--max-drop``) into an overrides dict for :func:`merge_thresholds`."""
+    from hetsearch.errors import HetsearchError
+
+    out: dict = {}
+    if compat_drop:
+        drops = {}
+        for item in compat_drop.split(","):
+            if not item.strip():
+                continue
+            key, sep, value = item.partition("=")
+            key = key.strip()
+            if not sep or key not in mf.PRECISIONS:
+                raise HetsearchError(f"--max-drop: {item!r} is not PRECISION=POINTS with PRECISION in {mf.PRECISIONS}")
+            try:
+                drops[key] = float(value)
+            except ValueError:
+                raise HetsearchError(f"--max-drop: {value!r} is not a number") from None
+        out["compat_drop"] = drops
+    if min_compat_ratio is not None:
+        out["min_compat_ratio"] = float(min_compat_ratio)
+    return out
+
+
+# ----------------------------------------------------------------------------- numbers
+
+
+def parity_stats(reference: np.ndarray, emb: np.ndarray) -> dict:
+    ref = np.asarray(reference, np.float64)
+    got = np.asarray(emb, np.float64)
+    if ref.shape != got.shape:
+        raise BundleError(f"the file returns embeddings of shape {got.shape}; the PyTorch model {ref.shape}")
+    if not np.isfinite(got).all():
+        return {"cos_mean": float("nan"), "cos_min": float("nan"), "max_abs_diff": float("inf"), "n": int(len(ref))}
+    den = np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1)
+    cos = (ref * got).sum(axis=1) / np.maximum(den, 1e-12)
+    return {"cos_mean": float(cos.mean()), "cos_min": float(cos.min()),
+            "max_abs_diff": float(np.abs(ref - got).max()), "n": int(len(ref))}
+
+
+def judge_parity(stats: dict, precision: str, thresholds: dict) -> dict:
+    limits = thresholds["parity"].get(precision, {})
+    fails = []
+    for key, limit in limits.items():
+        value = stats.get(key)
+        if value is None or not np.isfinite(value) or value < limit:
+            fails.append(f"{key} {value:.5f} < {limit}" if value is not None else f"{key} missing")
+    return {**stats, "thresholds": dict(limits), "status": FAILED if fails else PASSED,
+            **({"reason": "; ".join(fails)} if fails else {})}
+
+
+# ----------------------------------------------------------------------------- context
+
+
+@dataclass
+class CheckContext:
+    """Everything the checks of one bundle share: images, labels, reference and gallery embeddings."""
+
+    pixels: np.ndarray  # uint8 N×C×H×W at the model's input size
+    labels: np.ndarray
+    source: str
+    reference: np.ndarray | None = None  # PyTorch query model embeddings (parity); None without --query
+    gallery_emb: np.ndarray | None = None
+    gallery_space: str | None = None
+    reference_r1: float | None = None  # PyTorch query -> gallery R@1
+    gallery_r1: float | None = None  # gallery -> gallery R@1 (the paragon)
+    space_mismatch: str | None = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def has_compat(self) -> bool:
+        return self.gallery_emb is not None and self.labels is not None and len(np.unique(self.labels)) > 1
+
+
+def _r1(q: np.ndarray, g: np.ndarray, labels: np.ndarray) -> float:
+    from hetsearch.cmpnas.metrics import retrieval_metrics
+
+    return float(retrieval_metrics(q, g, labels, ks=(1,))["recall_at_1"])
+
+
+def prepare_context(input_shape: tuple, images, *, query_model=None, gallery=None, space_id: str | None = None,
+                    allow_mismatch: bool = False) -> CheckContext:
+    """Build the shared check state.
+
+    ``images`` is an ImageSet (labels needed for compatibility) or a uint8 N×C×H×W array (parity only);
+    ``query_model`` is the PyTorch EmbeddingNet the bundle was exported from (or None);
+    ``gallery`` a gallery checkpoint directory or a loaded Checkpoint (or None);
+    ``space_id`` the bundle's space, compared with the gallery's.
+    """
+    from hetsearch.cmpnas.data import ImageSet
+
+    _, c, h, w = input_shape
+    if isinstance(images, ImageSet):
+        pixels, labels, source = images.as_model_input(h, w, c), np.asarray(images.labels), images.source
+    else:
+        pixels, labels, source = np.asarray(images), None, "array"
+        if pixels.ndim != 4 or tuple(pixels.shape[1:]) != (c, h, w):
+            raise BundleError(f"check images must be N×{c}×{h}×{w}, got {pixels.shape}")
+    if len(pixels) < 2:
+        raise BundleError("the checks need at least 2 images")
+    ctx = CheckContext(pixels=pixels, labels=labels, source=source)
+    ctx.info = {"data": source, "n_images": int(len(pixels))}
+    if query_model is not None:
+        from hetsearch.cmpnas.embed import embed
+
+        ctx.reference = embed(query_model, pixels)
+    if gallery is not None:
+        from hetsearch.cmpnas.checkpoint import Checkpoint, load_checkpoint
+        from hetsearch.cmpnas.embed import embed
+
+        g = gallery if isinstance(gallery, Checkpoint) else load_checkpoint(gallery, expect_kind="gallery")
+        ctx.gallery_space = g.space_id
+        if space_id is not None and g.space_id != space_id:
+            if not allow_mismatch:
+                raise SpaceMismatchError(g.space_id, space_id, what="the query model")
+            ctx.space_mismatch = f"bundle space {space_id} != gallery space {g.space_id} (allowed by --allow-mismatch)"
+        if labels is not None:
+            gin = images.as_model_input(g.model.input_size[0], g.model.input_size[1], g.model.in_channels)
+            ctx.gallery_emb = embed(g.model, gin)
+            qdim = ctx.reference.shape[1] if ctx.reference is not None else None
+            if qdim is not None and qdim != ctx.gallery_emb.shape[1]:
+                if not allow_mismatch:
+                    raise SpaceMismatchError(g.space_id, space_id or "?", what=(
+                        f"the query model (embedding dim {qdim}, the gallery's is {ctx.gallery_emb.shape[1]})"))
+                ctx.gallery_emb = None
+                ctx.space_mismatch = f"embedding dim {qdim} != gallery dim {g.model.embed_dim}; compatibility not measurable"
+        if ctx.gallery_emb is not None:
+            ctx.gallery_r1 = _r1(ctx.gallery_emb, ctx.gallery_emb, labels)
+            if ctx.reference is not None:
+                ctx.reference_r1 = _r1(ctx.reference, ctx.gallery_emb, labels)
+        ctx.info.update({"gallery_space_id": g.space_id, "gallery_r1": ctx.gallery_r1,
+                         "reference_r1": ctx.reference_r1})
+    return ctx
+
+
+# ----------------------------------------------------------------------------- per file
+
+
+def check_file(bundle: str | os.PathLike, entry: dict, ctx: CheckContext, thresholds: dict | None = None,
+               manifest: dict | None = None, threads: int = 1, verify: bool = True) -> dict:
+    """Run one listed file on the context's images; return its check record (also for the manifest)."""
+    thresholds = thresholds or default_thresholds()
+    precision = entry["precision"]
+    rec: dict[str, Any] = {"format": entry["format"], "precision": precision, **ctx.info}
+    if ctx.space_mismatch:
+        rec["space_mismatch"] = ctx.space_mismatch
+    if entry["format"] == "coreml" and manifest is not None:
+        inp = manifest["input"]
+        shape = (1, inp["channels"], inp["height"], inp["width"])
+        if entry.get("layout", inp.get("layout")) == "NHWC":
+            shape = (1, inp["height"], inp["width"], inp["channels"])
+        if verify:
+            mf.verify_file(bundle, entry)
+        problems = coreml_spec_problems(Path(bundle) / entry["path"], shape, manifest["output"]["dim"])
+        rec["spec"] = {"status": FAILED if problems else PASSED, **({"reason": "; ".join(problems)} if problems else {})}
+        if problems:
+            rec.update(status=FAILED, reason="interface: " + "; ".join(problems))
+            return rec
+    t0 = time.perf_counter()
+    try:
+        runner = open_runner(bundle, entry, threads=threads, verify=verify)
+    except NeedsPlatform:
+        reason = "needs macOS"
+        rec["parity"] = {"status": SKIPPED, "reason": reason}
+        rec["compat"] = {"status": SKIPPED, "reason": reason}
+        rec.update(status=SKIPPED, reason=reason)
+        return rec
+    emb = runner.embed(ctx.pixels)
+    rec["seconds"] = round(time.perf_counter() - t0, 3)
+    failures = []
+    if ctx.reference is not None:
+        rec["parity"] = judge_parity(parity_stats(ctx.reference, emb), precision, thresholds)
+        if rec["parity"]["status"] == FAILED:
+            failures.append("parity: " + rec["parity"]["reason"])
+    else:
+        rec["parity"] = {"status": SKIPPED, "reason": "no PyTorch reference (pass the query checkpoint)"}
+    if ctx.has_compat and np.isfinite(emb).all():
+        r1 = _r1(emb, ctx.gallery_emb, ctx.labels)
+        comp: dict[str, Any] = {"r1": r1, "gallery_r1": ctx.gallery_r1,
+                                "ratio_to_gallery": r1 / ctx.gallery_r1 if ctx.gallery_r1 else None,
+                                "min_ratio": thresholds["min_compat_ratio"]}
+        fails = []
+        if ctx.reference_r1 is not None:
+            drop_limit = thresholds["compat_drop"].get(precision)
+            comp.update(reference_r1=ctx.reference_r1, delta=r1 - ctx.reference_r1, max_drop=drop_limit)
+            if drop_limit is not None and ctx.reference_r1 - r1 > drop_limit + 1e-9:
+                fails.append(f"R@1 dropped {ctx.reference_r1 - r1:.2f} points "
+                             f"({ctx.reference_r1:.2f} -> {r1:.2f}), more than {drop_limit}")
+        if ctx.gallery_r1 and r1 < thresholds["min_compat_ratio"] * ctx.gallery_r1:
+            fails.append(f"heterogeneous R@1 {r1:.2f} is below {thresholds['min_compat_ratio']} x the gallery "
+                         f"model's own R@1 {ctx.gallery_r1:.2f}: not compatible with this gallery")
+        comp["status"] = FAILED if fails else PASSED
+        if fails:
+            comp["reason"] = "; ".join(fails)
+            failures.append("compatibility: " + comp["reason"])
+        rec["compat"] = comp
+    elif ctx.has_compat:
+        rec["compat"] = {"status": FAILED, "reason": "the file produced NaN or Inf"}
+        failures.append("compatibility: the file produced NaN or Inf")
+    else:
+        rec["compat"] = {"status": SKIPPED, "reason": "no gallery model given (--gallery)"}
+    if failures:
+        rec.update(status=FAILED, reason="; ".join(failures))
+    elif rec["parity"]["status"] == SKIPPED and rec["compat"]["status"] == SKIPPED:
+        rec.update(status=SKIPPED, reason="nothing to compare with (give --query and/or --gallery)")
+    else:
+        rec["status"] = PASSED
+    return rec
+
+
+# ----------------------------------------------------------------------------- whole bundle
+
+
+def check_bundle(bundle: str | os.PathLike, images, *, gallery=None, query=None, allow_mismatch: bool = False,
+                 thresholds: dict | None = None, files: list[str] | None = None, threads: int = 1,
+                 update_manifest: bool = False, progress: bool = False) -> dict:
+    """Check every file of a bundle (or those in ``files``). Returns ``{path: record}``.
+
+    ``query`` — the query checkpoint (dir or Checkpoint) the bundle was exported from, for parity;
+    it must have the bundle's architecture (and, when recorded, weights). ``gallery`` — the gallery
+    checkpoint, for the compatibility gate. Every file's sha256 is verified first
+    (:class:`IntegrityError` on a tampered file).
+    """
+    manifest = mf.load(bundle)
+    thresholds = merge_thresholds(thresholds)
+    entries = [e for e in manifest["files"] if files is None or e["path"] in files]
+    if files:
+        missing = set(files) - {e["path"] for e in entries}
+        if missing:
+            raise BundleError(f"not listed in the manifest: {', '.join(sorted(missing))}")
+    for e in entries:
+        mf.verify_file(bundle, e)
+    query_model = None
+    if query is not None:
+        query_model = _query_model(query, manifest)
+    inp = manifest["input"]
+    ctx = prepare_context((1, inp["channels"], inp["height"], inp["width"]), images, query_model=query_model,
+                          gallery=gallery, space_id=manifest["space_id"], allow_mismatch=allow_mismatch)
+    results = {}
+    for e in entries:
+        if progress:
+            print(f"checking {e['path']} ...", file=sys.stderr, flush=True)
+        try:
+            results[e["path"]] = check_file(bundle, e, ctx, thresholds, manifest, threads=threads, verify=False)
+        except BundleError as exc:
+            results[e["path"]] = {"format": e["format"], "precision": e["precision"], "status": ERROR,
+                                  "reason": str(exc)}
+    if update_manifest:
+        manifest.setdefault("checks", {}).update(results)
+        mf.save(bundle, manifest)
+    return results
+
+
+def _query_model(query, manifest: dict):
+    from hetsearch.cmpnas.checkpoint import Checkpoint, load_checkpoint, weights_digest
+
+    q = query if isinstance(query, Checkpoint) else load_checkpoint(query)
+    if q.model.spec != manifest["architecture"]:
+        raise ModelError(f"--query {getattr(q, 'path', '')}: its architecture differs from the bundle's; "
+                         "pass the checkpoint the bundle was exported from")
+    recorded = (manifest.get("source") or {}).get("weights_sha256")
+    if recorded and weights_digest(q.model) != recorded:
+        raise ModelError(f"--query {getattr(q, 'path', '')}: its weights differ from those the bundle was "
+                         "exported from (manifest source.weights_sha256)")
+    return q.model
+
+
+def failed_records(results: dict) -> dict:
+    return {p: r for p, r in results.items() if r.get("status") in (FAILED, ERROR)}

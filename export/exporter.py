@@ -1,0 +1,510 @@
+"""Export a query checkpoint to a bundle: ONNX, TFLite and Core ML files per precision + manifest.json.
+
+Every file takes one float32 image ``pixels`` of shape [1, C, H, W] (NCHW) with values in [0, 255]
+and returns ``embedding`` float32 [1, dim], L2-normalised: input normalisation and the L2 norm are
+part of the graph (they are inside the PyTorch module).
+
+======  =========  ========================================================================================
+format  precision  how
+======  =========  ========================================================================================
+onnx    fp32       ``torch.onnx.export(..., dynamo=True)``, weights inlined (one self-contained file)
+onnx    fp16       ``onnxruntime.transformers.float16.convert_float_to_float16`` (fp16 weights and
+                   compute, float32 input/output kept)
+onnx    int8       ``onnxruntime.quantization.quantize_static``: QDQ, int8 per-channel weights, uint8
+                   activations calibrated (MinMax) on training images
+tflite  fp32       ``litert_torch.convert`` (signature ``serving_default``: ``pixels`` -> ``embedding``)
+tflite  fp16       ``ai_edge_quantizer`` float casting of conv/dense weights to fp16 (fp32 compute)
+tflite  int8       ``ai_edge_quantizer`` static int8 (int8 weights per channel, int8 activations
+                   calibrated on training images); graph input and output stay float32
+coreml  fp32       ``coremltools`` mlprogram (iOS16+) from a traced module, compute precision fp32
+coreml  fp16       the same with compute precision fp16 (float32 input/output kept)
+coreml  int8       ``coremltools.optimize.coreml.linear_quantize_weights`` (int8 per-channel weights) of
+                   the fp16 program
+======  =========  ========================================================================================
+
+A format/precision that fails is recorded in the manifest's ``failures`` with its reason and the rest
+continue. When check images are given, parity (and with a gallery checkpoint, the compatibility gate)
+runs on every file (:mod:`hetsearch.export.checks`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import re
+import shutil
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from hetsearch import __version__ as HETSEARCH_VERSION
+from hetsearch import manifest as mf
+from hetsearch.errors import BundleError, HetsearchError, SpaceMismatchError
+from hetsearch.report import format_table
+
+from . import checks as ck
+from .runners import captured_output as _captured
+
+log = logging.getLogger("hetsearch.export")
+
+EXTENSIONS = {"onnx": ".onnx", "tflite": ".tflite", "coreml": ".mlpackage"}
+RUNTIMES = {"onnx": "onnxruntime", "tflite": "litert", "coreml": "coreml"}
+COREML_TARGET = "iOS16"
+MAX_CALIB_IMAGES = 1000
+TOOL_PACKAGES = ("torch", "onnx", "onnxscript", "onnxruntime", "litert-torch", "ai-edge-litert",
+                 "ai-edge-quantizer", "coremltools", "numpy")
+_OUR_FILE = re.compile(r"^model-(fp32|fp16|int8)\.(onnx|tflite|mlpackage)$")
+
+
+def file_name(fmt: str, precision: str) -> str:
+    return f"model-{precision}{EXTENSIONS[fmt]}"
+
+
+def tool_versions() -> dict:
+    out = {"python": platform.python_version(), "hetsearch": HETSEARCH_VERSION}
+    for pkg in TOOL_PACKAGES:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    out["platform"] = f"{platform.system()} {platform.machine()}"
+    return out
+
+
+def parse_list(text: str | Iterable[str], allowed: tuple, what: str) -> tuple:
+    """'onnx,tflite' (or a sequence) into a validated tuple, keeping order, dropping duplicates."""
+    items = [t.strip().lower() for t in (text.split(",") if isinstance(text, str) else text) if t and t.strip()]
+    if "all" in items:
+        return tuple(allowed)
+    bad = [t for t in items if t not in allowed]
+    if bad or not items:
+        raise HetsearchError(f"unknown {what} {', '.join(repr(b) for b in bad) or '(none given)'}; "
+                             f"choose from {', '.join(allowed)} (comma-separated) or 'all'")
+    return tuple(dict.fromkeys(items))
+
+
+def _tail(lines: list, n: int = 3) -> str:
+    text = "".join(lines).strip().splitlines()
+    text = [t for t in text if t.strip() and "Warning" not in t]
+    return " | ".join(text[-n:])[-400:]
+
+
+# ----------------------------------------------------------------------------- model wrappers
+
+
+def _named_output_module(model):
+    import torch.nn as nn
+
+    class NamedEmbedding(nn.Module):
+        """pixels -> {"embedding": ...} so that TFLite signatures carry the contract's names."""
+
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, pixels):
+            return {"embedding": self.inner(pixels)}
+
+    return NamedEmbedding(model).eval()
+
+
+class _Converter:
+    """Converts one model to every format/precision, caching each format's fp32 base file."""
+
+    def __init__(self, model, out_dir: Path, work: Path, calib: np.ndarray | None, threads: int = 1):
+        import torch
+
+        self.model = model.eval()
+        self.out = out_dir
+        self.work = work
+        self.calib = calib
+        self.threads = threads
+        self.sample = torch.from_numpy(_sample_input(model, calib))
+        self._base: dict[str, Any] = {}
+
+    # ---- ONNX
+
+    def _onnx_base(self) -> Path:
+        if "onnx" not in self._base:
+            import onnx
+            import torch
+
+            path = self.work / "base.onnx"
+            with torch.no_grad():
+                torch.onnx.export(self.model, (self.sample,), str(path), dynamo=True, input_names=["pixels"],
+                                  output_names=["embedding"], external_data=False, verbose=False, optimize=True)
+            m = onnx.load(str(path), load_external_data=False)
+            if _has_external_data(m):  # inline weights: one self-contained file
+                m = onnx.load(str(path))
+                onnx.save(m, str(path), save_as_external_data=False)
+            for stray in path.parent.glob("base.onnx.*"):
+                stray.unlink()
+            onnx.checker.check_model(str(path))
+            self._base["onnx"] = path
+        return self._base["onnx"]
+
+    def onnx(self, precision: str, path: Path) -> dict:
+        import onnx
+
+        base = self._onnx_base()
+        extra: dict[str, Any] = {}
+        if precision == "fp32":
+            shutil.copyfile(base, path)
+        elif precision == "fp16":
+            from onnxruntime.transformers.float16 import convert_float_to_float16
+
+            m16 = convert_float_to_float16(onnx.load(str(base)), keep_io_types=True)
+            onnx.save(m16, str(path), save_as_external_data=False)
+            extra["quantization"] = "fp16 weights and compute (onnxruntime float16 converter), float32 I/O"
+        else:
+            from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
+                                                  QuantType, quantize_static)
+            from onnxruntime.quantization.shape_inference import quant_pre_process
+
+            calib = self._need_calib()
+
+            class Reader(CalibrationDataReader):
+                def __init__(self, x):
+                    self.it = iter(range(len(x)))
+                    self.x = x
+
+                def get_next(self):
+                    i = next(self.it, None)
+                    return None if i is None else {"pixels": self.x[i : i + 1]}
+
+            pre = self.work / "pre.onnx"
+            quant_pre_process(str(base), str(pre), skip_symbolic_shape=True)
+            quantize_static(str(pre), str(path), Reader(calib), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax)
+            extra["quantization"] = (f"static QDQ: int8 per-channel weights, uint8 activations, MinMax "
+                                     f"calibration on {len(calib)} training images")
+            extra["calibration_images"] = int(len(calib))
+        m = onnx.load(str(path), load_external_data=False)
+        if _has_external_data(m):
+            raise BundleError(f"{path.name} refers to external data; expected a self-contained file")
+        opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), None)
+        return {"opset": opset, "ir_version": int(m.ir_version), "producer": f"{m.producer_name} {m.producer_version}".strip(),
+                **extra}
+
+    # ---- TFLite
+
+    def _tflite_base(self) -> Path:
+        if "tflite" not in self._base:
+            import litert_torch
+
+            path = self.work / "base.tflite"
+            edge = litert_torch.convert(_named_output_module(self.model), sample_kwargs={"pixels": self.sample})
+            edge.export(str(path))
+            self._base["tflite"] = path
+        return self._base["tflite"]
+
+    def tflite(self, precision: str, path: Path) -> dict:
+        base = self._tflite_base()
+        extra: dict[str, Any] = {"signature": "serving_default"}
+        if precision == "fp32":
+            shutil.copyfile(base, path)
+            return extra
+        from ai_edge_quantizer import qtyping, quantizer, recipe_manager
+        from ai_edge_quantizer.algorithm_manager import AlgorithmName
+
+        op = qtyping.TFLOperationName
+        rm = recipe_manager.RecipeManager()
+        if precision == "fp16":
+            for name in (op.CONV_2D, op.DEPTHWISE_CONV_2D, op.FULLY_CONNECTED):
+                rm.add_weight_only_config(regex=".*", operation_name=name, num_bits=16,
+                                          algorithm_key=AlgorithmName.FLOAT_CASTING)
+            q = quantizer.Quantizer(str(base), rm.get_quantization_recipe())
+            result = q.quantize(enable_progress_report=False)
+            extra["quantization"] = "fp16 weights (ai-edge-quantizer float casting), fp32 compute and I/O"
+        else:
+            calib = self._need_calib()
+            rm.add_static_config(regex=".*", operation_name=op.ALL_SUPPORTED, activation_num_bits=8,
+                                 weight_num_bits=8)
+            # keep the graph's input and output float32 (the bundle contract)
+            rm.add_quantization_config(regex=".*", operation_name=op.INPUT, algorithm_key=AlgorithmName.NO_QUANTIZE)
+            rm.add_quantization_config(regex=".*", operation_name=op.OUTPUT, algorithm_key=AlgorithmName.NO_QUANTIZE)
+            # ... and the L2 normalisation float: in int8 the output norm drifts by up to 30%
+            for name in (op.SUM, op.SQRT, op.RSQRT, op.DIV, op.MAXIMUM):
+                rm.add_quantization_config(regex=".*", operation_name=name, algorithm_key=AlgorithmName.NO_QUANTIZE)
+            rm.add_quantization_config(regex="L2Norm|embedding_output", operation_name=op.ALL_SUPPORTED,
+                                       algorithm_key=AlgorithmName.NO_QUANTIZE)
+            q = quantizer.Quantizer(str(base), rm.get_quantization_recipe())
+            cal = q.calibrate({"serving_default": [{"pixels": calib[i : i + 1]} for i in range(len(calib))]},
+                              num_threads=max(1, self.threads))
+            result = q.quantize(cal, enable_progress_report=False)
+            extra["quantization"] = (f"static int8 (ai-edge-quantizer): int8 per-channel weights, int8 activations "
+                                     f"calibrated on {len(calib)} training images; float32 I/O and L2 norm")
+            extra["calibration_images"] = int(len(calib))
+        path.write_bytes(bytes(result.quantized_model))
+        return extra
+
+    # ---- Core ML
+
+    def _coreml_program(self, precision: str):
+        key = f"coreml-{precision}"
+        if key not in self._base:
+            import coremltools as ct
+            import torch
+
+            if "traced" not in self._base:
+                with torch.no_grad():
+                    self._base["traced"] = torch.jit.trace(self.model, self.sample)
+            self._base[key] = ct.convert(
+                self._base["traced"],
+                inputs=[ct.TensorType(name="pixels", shape=tuple(self.sample.shape), dtype=np.float32)],
+                outputs=[ct.TensorType(name="embedding", dtype=np.float32)],
+                convert_to="mlprogram",
+                compute_precision=ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16,
+                minimum_deployment_target=getattr(ct.target, COREML_TARGET),
+            )
+        return self._base[key]
+
+    def coreml(self, precision: str, path: Path) -> dict:
+        extra: dict[str, Any] = {"deployment_target": COREML_TARGET, "model_type": "mlprogram"}
+        if precision in ("fp32", "fp16"):
+            ml = self._coreml_program(precision)
+            extra["compute_precision"] = "float32" if precision == "fp32" else "float16"
+        else:
+            import coremltools.optimize as cto
+
+            cfg = cto.coreml.OptimizationConfig(global_config=cto.coreml.OpLinearQuantizerConfig(
+                mode="linear_symmetric", dtype="int8", granularity="per_channel"))
+            ml = cto.coreml.linear_quantize_weights(self._coreml_program("fp16"), config=cfg)
+            extra["compute_precision"] = "float16"
+            extra["quantization"] = "int8 per-channel weights (coremltools.optimize linear_quantize_weights)"
+        if path.exists():
+            shutil.rmtree(path)
+        ml.save(str(path))
+        return extra
+
+    def _need_calib(self) -> np.ndarray:
+        if self.calib is None or len(self.calib) == 0:
+            raise BundleError("int8 needs calibration images from the training data (calib_data / --calib-data)")
+        return self.calib
+
+
+def _has_external_data(model) -> bool:
+    from onnx import TensorProto
+
+    return any(t.data_location == TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
+def _sample_input(model, calib: np.ndarray | None) -> np.ndarray:
+    shape = (1, model.in_channels, *model.input_size)
+    if calib is not None and len(calib):
+        return np.ascontiguousarray(calib[:1], dtype=np.float32)
+    return np.random.default_rng(0).uniform(0, 255, size=shape).astype(np.float32)
+
+
+def _pixels(model, data, what: str) -> np.ndarray | None:
+    """uint8/float N×C×H×W at the model's input size from an ImageSet or an array."""
+    if data is None:
+        return None
+    from hetsearch.cmpnas.data import ImageSet
+
+    h, w = model.input_size
+    c = model.in_channels
+    if isinstance(data, ImageSet):
+        x = data.as_model_input(h, w, c)
+    else:
+        x = np.asarray(data)
+        if x.ndim != 4 or tuple(x.shape[1:]) != (c, h, w):
+            raise BundleError(f"{what} must be an ImageSet or an N×{c}×{h}×{w} array, got shape {x.shape}")
+    if len(x) > MAX_CALIB_IMAGES and what == "calib_data":
+        idx = np.linspace(0, len(x) - 1, MAX_CALIB_IMAGES).round().astype(int)
+        x = x[idx]
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+# ----------------------------------------------------------------------------- the bundle
+
+
+def export_bundle(checkpoint, out_dir, formats=("onnx", "tflite", "coreml"), precisions=("fp32",),
+                  calib_data=None, gallery=None, check_data=None, thresholds=None, progress=True,
+                  *, allow_mismatch: bool = False, threads: int = 1) -> dict:
+    """Export ``checkpoint`` (a checkpoint directory or a loaded Checkpoint) to ``out_dir``.
+
+    ``calib_data`` — training images (ImageSet or uint8 N×C×H×W) for int8 calibration (≤ 1000 used);
+    ``check_data`` — validation images (an ImageSet, labelled) for parity, and with ``gallery`` (a
+    gallery checkpoint directory) the compatibility gate; ``thresholds`` — overrides for
+    :func:`hetsearch.export.checks.merge_thresholds`. A gallery whose embedding space differs from the
+    checkpoint's raises :class:`SpaceMismatchError` before anything is converted, unless
+    ``allow_mismatch``. Returns the manifest (also written to ``out_dir/manifest.json``); a
+    format/precision that fails is listed in ``manifest["failures"]`` and the rest continue.
+    """
+    from hetsearch.cmpnas.checkpoint import Checkpoint, load_checkpoint, weights_digest
+
+    formats = parse_list(formats, mf.FORMATS, "format")
+    precisions = parse_list(precisions, mf.PRECISIONS, "precision")
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    model = ckpt.model.eval()
+    thresholds = ck.merge_thresholds(thresholds)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise BundleError(f"--out {out} exists and is not a folder")
+    say = _say if progress else (lambda *a, **k: None)
+
+    ctx = None
+    if check_data is not None:
+        say(f"preparing checks on {len(check_data)} images" + (" with the gallery model" if gallery else ""))
+        ctx = ck.prepare_context((1, model.in_channels, *model.input_size), check_data, query_model=model,
+                                 gallery=gallery, space_id=ckpt.space_id, allow_mismatch=allow_mismatch)
+    elif gallery is not None:
+        g = load_checkpoint(gallery, expect_kind="gallery")
+        if g.space_id != ckpt.space_id and not allow_mismatch:
+            raise SpaceMismatchError(g.space_id, ckpt.space_id, what="the query model")
+    calib = _pixels(model, calib_data, "calib_data")
+
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.iterdir():  # files of a previous export that this one may not rewrite
+        if _OUR_FILE.match(old.name):
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+
+    files, failures, results = [], [], {}
+    inp = {"height": model.input_size[0], "width": model.input_size[1], "channels": model.in_channels,
+           "layout": "NCHW", "dtype": "float32", "value_range": [0, 255], "resize": "bilinear",
+           "color": "grayscale" if model.in_channels == 1 else "rgb", "name": "pixels", "batch": 1}
+    with tempfile.TemporaryDirectory(prefix="hetsearch-export-") as work:
+        conv = _Converter(model, out, Path(work), calib, threads=threads)
+        for fmt in formats:
+            for prec in precisions:
+                name = file_name(fmt, prec)
+                path = out / name
+                t0 = time.perf_counter()
+                chatter: list = []
+                try:
+                    with _captured(chatter):
+                        extra = getattr(conv, fmt)(prec, path)
+                except Exception as exc:  # any converter error: record it, continue with the rest
+                    reason = _reason(exc, chatter)
+                    failures.append({"format": fmt, "precision": prec, "reason": reason})
+                    if path.exists():
+                        shutil.rmtree(path) if path.is_dir() else path.unlink()
+                    say(f"{fmt} {prec}: FAILED: {reason}")
+                    log.debug("converter output for %s %s:\n%s", fmt, prec, "".join(chatter))
+                    continue
+                entry = {"path": name, "format": fmt, "precision": prec, "sha256": mf.sha256_path(path),
+                         "bytes": mf.size_path(path), "runtime": RUNTIMES[fmt], "layout": "NCHW",
+                         "input_name": "pixels", "output_name": "embedding",
+                         "export_seconds": round(time.perf_counter() - t0, 2), **extra}
+                files.append(entry)
+                say(f"{fmt} {prec}: exported {name} ({_size(entry['bytes'])}, {entry['export_seconds']:.1f} s)")
+                if ctx is not None:
+                    manifest_stub = {"input": inp, "output": {"dim": model.embed_dim}}
+                    try:
+                        results[name] = ck.check_file(out, entry, ctx, thresholds, manifest_stub, threads=threads)
+                    except HetsearchError as exc:
+                        results[name] = {"format": fmt, "precision": prec, "status": ck.ERROR, "reason": str(exc)}
+                    r = results[name]
+                    say(f"{fmt} {prec}: checks {r['status']}" + (f" ({r['reason']})" if r.get("reason") else ""))
+
+    manifest = {
+        "schema_version": mf.SCHEMA_VERSION,
+        "model_id": str(ckpt.name),
+        "space_id": ckpt.space_id,
+        "architecture": ckpt.spec,
+        "macs": int(ckpt.macs),
+        "params": int(ckpt.meta.get("params") or sum(p.numel() for p in model.parameters())),
+        "input": inp,
+        "output": {"dim": int(model.embed_dim), "l2_normalized": True, "name": "embedding", "dtype": "float32"},
+        "files": files,
+        "checks": results,
+        "latency": {},
+        "tools": tool_versions(),
+        "failures": failures,
+        "source": {"kind": ckpt.kind, "weights_sha256": weights_digest(model),
+                   "checkpoint_model_id": ckpt.meta.get("model_id")},
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if ctx is not None:
+        manifest["check_config"] = {**ctx.info, "thresholds": thresholds}
+    if not files:
+        mf.save(out, {**manifest, "files": []})
+        raise BundleError("no file could be exported:\n  - " + "\n  - ".join(
+            f"{f['format']} {f['precision']}: {f['reason']}" for f in failures))
+    mf.save(out, manifest)
+    if progress:
+        print(format_summary(manifest))
+    return manifest
+
+
+def _reason(exc: BaseException, chatter: list) -> str:
+    first = (str(exc).strip().splitlines() or [""])[0]
+    reason = f"{type(exc).__name__}: {first}"[:300]
+    tail = _tail(chatter)
+    if tail and not isinstance(exc, HetsearchError):
+        reason += f" [converter said: {tail}]"
+    return reason
+
+
+def _say(msg: str) -> None:
+    print(f"[export] {msg}", file=sys.stderr, flush=True)
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.1f} KB"
+
+
+# ----------------------------------------------------------------------------- summary table
+
+COLUMNS = ("format", "precision", "status", "size", "parity", "compat", "latency")
+HEADERS = {"parity": "parity (cos min)", "compat": "compat (R@1 Δ)", "latency": "latency p50 (ms)"}
+
+
+def _latency_p50(manifest: dict, path: str) -> float | None:
+    """p50 in ms of a file from the manifest's latency profiles (the first target that has one)."""
+    for target, per_file in (manifest.get("latency") or {}).items():
+        rec = per_file.get(path) if isinstance(per_file, dict) else None
+        if isinstance(rec, dict):
+            for key in ("p50_ms", "p50", "median_ms"):
+                if isinstance(rec.get(key), (int, float)):
+                    return float(rec[key])
+    return None
+
+
+def summary_rows(manifest: dict, results: dict | None = None) -> list[dict]:
+    """One row per exported file and per failure: format, precision, status, size, parity, compat, latency."""
+    results = manifest.get("checks", {}) if results is None else results
+    rows = []
+    for e in manifest["files"]:
+        r = results.get(e["path"], {})
+        par = r.get("parity", {})
+        com = r.get("compat", {})
+        status = "exported" if not r else r.get("status", "?")
+        if status == ck.SKIPPED and r.get("reason"):
+            status = f"skipped: {r['reason']}"
+        rows.append({
+            "format": e["format"], "precision": e["precision"], "status": status, "size": _size(e["bytes"]),
+            "parity": f"{par['cos_min']:.5f}" if isinstance(par.get("cos_min"), float) else None,
+            "compat": f"{com['delta']:+.2f}" if isinstance(com.get("delta"), float) else (
+                f"R@1 {com['r1']:.1f}" if isinstance(com.get("r1"), float) else None),
+            "latency": _latency_p50(manifest, e["path"]),
+            "path": e["path"],
+        })
+    for f in manifest.get("failures", []):
+        rows.append({"format": f["format"], "precision": f["precision"], "status": "export failed",
+                     "size": None, "parity": None, "compat": None, "latency": None, "reason": f["reason"]})
+    order = {f: i for i, f in enumerate(mf.FORMATS)}
+    porder = {p: i for i, p in enumerate(mf.PRECISIONS)}
+    rows.sort(key=lambda r: (order.get(r["format"], 9), porder.get(r["precision"], 9)))
+    return rows
+
+
+def format_summary(manifest: dict, results: dict | None = None) -> str:
+    rows = summary_rows(manifest, results)
+    text = format_table(rows, COLUMNS, digits=3, headers=HEADERS)
+    notes = [f"  {r['format']} {r['precision']}: {r['reason']}" for r in rows if r.get("reason")]
+    failed = [f"  {r['format']} {r['precision']}: {(results or manifest.get('checks', {})).get(r.get('path'), {}).get('reason')}"
+              for r in rows if r["status"] in (ck.FAILED, ck.ERROR)]
+    if notes:
+        text += "\nexport failures:\n" + "\n".join(notes)
+    if failed:
+        text += "\ncheck failures:\n" + "\n".join(failed)
+    return text

@@ -1,0 +1,421 @@
+"""Export toolchain: ONNX / TFLite / Core ML round trips, parity, the compatibility gate, integrity, manifest."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from hetsearch import manifest as mf
+from hetsearch.errors import BundleError, CheckFailed, IntegrityError, SpaceMismatchError
+
+torch.set_num_threads(1)
+
+ALL = ("fp32", "fp16", "int8")
+
+
+# ----------------------------------------------------------------------------- fixtures (session: seconds)
+
+
+@pytest.fixture(scope="session")
+def data():
+    from hetsearch.cmpnas.data import load_data, train_val_split
+
+    ds = load_data("fashion-mnist", split="train")
+    train, val = train_val_split(ds, 0.1, 0, max_train_samples=1500, max_val_samples=300)
+    return train, val
+
+
+@pytest.fixture(scope="session")
+def pair(tmp_path_factory, data):
+    """A gallery model (resnet-tiny) and a query model (mbv3-tiny) trained against it (l2 regression)."""
+    from hetsearch.export.toy import train_gallery, train_query
+
+    train, _ = data
+    root = tmp_path_factory.mktemp("models")
+    x = train.as_model_input(28, 28, 1)
+    gallery = train_gallery(x, train.labels, root / "gallery", steps=40, batch=64, lr=5e-3)
+    query = train_query(x, root / "gallery", root / "query", steps=80, batch=64, lr=5e-3)
+    return gallery, query
+
+
+@pytest.fixture(scope="session")
+def bundle(tmp_path_factory, data, pair):
+    """Every format and precision, exported once (TFLite conversion is slow) with all checks."""
+    from hetsearch.export.exporter import export_bundle
+
+    train, val = data
+    gallery, query = pair
+    out = tmp_path_factory.mktemp("bundle") / "query"
+    manifest = export_bundle(query.path, out, formats=("onnx", "tflite", "coreml"), precisions=ALL,
+                             calib_data=train.subset(np.arange(0, 1500, 10)), gallery=gallery.path, check_data=val,
+                             progress=False)
+    return out, manifest
+
+
+def _copy(bundle_dir, tmp_path):
+    dst = tmp_path / "copy"
+    shutil.copytree(bundle_dir, dst)
+    return dst
+
+
+# ----------------------------------------------------------------------------- the bundle
+
+
+def test_manifest_is_valid_and_matches_the_json_schema(bundle, pair):
+    from hetsearch.export.manifest_schema import schema_problems
+
+    out, manifest = bundle
+    _, query = pair
+    assert mf.load(out) == json.loads(json.dumps(manifest))
+    assert schema_problems(manifest) == []
+    assert manifest["space_id"] == query.space_id
+    assert manifest["architecture"] == query.spec
+    assert manifest["input"] == {**manifest["input"], "height": 28, "width": 28, "channels": 1, "layout": "NCHW",
+                                 "dtype": "float32", "value_range": [0, 255], "color": "grayscale"}
+    assert manifest["output"]["dim"] == 128 and manifest["output"]["l2_normalized"] is True
+    for tool in ("torch", "onnx", "onnxruntime", "litert-torch", "ai-edge-litert", "coremltools"):
+        assert manifest["tools"][tool], tool
+    assert manifest["latency"] == {}
+
+
+def test_every_format_and_precision_is_exported_self_contained(bundle):
+    out, manifest = bundle
+    got = {(e["format"], e["precision"]) for e in manifest["files"]}
+    assert got == {(f, p) for f in ("onnx", "tflite", "coreml") for p in ALL}, manifest["failures"]
+    assert manifest["failures"] == []
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(["manifest.json"] + [e["path"] for e in manifest["files"]])  # no external data files
+    for e in manifest["files"]:
+        mf.verify_file(out, e)
+        if e["format"] == "onnx":
+            assert isinstance(e["opset"], int) and e["opset"] >= 17
+
+
+def test_onnx_and_tflite_io_contract(bundle):
+    import onnxruntime as ort
+    from ai_edge_litert.interpreter import Interpreter
+
+    out, manifest = bundle
+    for prec in ALL:
+        s = ort.InferenceSession(str(out / f"model-{prec}.onnx"), providers=["CPUExecutionProvider"])
+        (i,), (o,) = s.get_inputs(), s.get_outputs()
+        assert (i.name, i.shape, i.type) == ("pixels", [1, 1, 28, 28], "tensor(float)")
+        assert (o.name, o.shape, o.type) == ("embedding", [1, 128], "tensor(float)")
+        it = Interpreter(model_path=str(out / f"model-{prec}.tflite"))
+        runner = it.get_signature_runner("serving_default")
+        ins, outs = runner.get_input_details(), runner.get_output_details()
+        assert list(ins) == ["pixels"] and list(outs) == ["embedding"]
+        assert ins["pixels"]["dtype"] == np.float32 and list(ins["pixels"]["shape"]) == [1, 1, 28, 28]
+        assert outs["embedding"]["dtype"] == np.float32 and list(outs["embedding"]["shape"]) == [1, 128]
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "tflite"])
+@pytest.mark.parametrize("prec", ALL)
+def test_round_trip_parity_with_the_real_runtime(bundle, pair, data, fmt, prec):
+    from hetsearch.cmpnas.embed import embed
+    from hetsearch.export.runners import open_runner
+
+    out, manifest = bundle
+    _, query = pair
+    _, val = data
+    x = val.as_model_input(28, 28, 1)[:64]
+    ref = embed(query.model, x)
+    got = open_runner(out, mf.file_entry(manifest, f"model-{prec}.{fmt}")).embed(x)
+    assert got.shape == ref.shape and got.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=2e-2 if prec == "int8" else 1e-3)
+    cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1)
+    assert cos.min() >= {"fp32": 0.9999, "fp16": 0.999, "int8": 0.9}[prec]
+    if prec == "fp32":
+        assert np.abs(got - ref).max() < 1e-4
+    rec = manifest["checks"][f"model-{prec}.{fmt}"]
+    assert rec["status"] == "passed", rec
+    assert rec["parity"]["status"] == "passed" and rec["parity"]["n"] == 300
+    assert rec["compat"]["status"] == "passed"
+    assert abs(rec["compat"]["delta"]) <= {"fp32": 0.2, "fp16": 0.5, "int8": 1.5}[prec]
+
+
+def test_compatibility_numbers_are_meaningful(bundle):
+    _, manifest = bundle
+    rec = manifest["checks"]["model-fp32.onnx"]["compat"]
+    # the toy query model lives in the gallery's space: far above chance (10%) and near the paragon
+    assert rec["reference_r1"] > 30 and rec["gallery_r1"] > 40
+    assert rec["r1"] >= 0.5 * rec["gallery_r1"]
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="Core ML runs on macOS")
+def test_coreml_is_converted_spec_checked_and_skipped_off_macos(bundle):
+    from hetsearch.export.runners import coreml_spec_problems
+
+    out, manifest = bundle
+    for prec in ALL:
+        name = f"model-{prec}.mlpackage"
+        assert (out / name).is_dir()
+        assert coreml_spec_problems(out / name, (1, 1, 28, 28), 128) == []
+        rec = manifest["checks"][name]
+        assert rec["status"] == "skipped" and rec["reason"] == "needs macOS"
+        assert rec["parity"] == {"status": "skipped", "reason": "needs macOS"}
+        assert rec["compat"]["status"] == "skipped"
+        assert rec["spec"]["status"] == "passed"
+    assert "passed" not in json.dumps({k: v for k, v in manifest["checks"].items() if k.endswith(".mlpackage")}
+                                      ).replace('"spec": {"status": "passed"}', "")
+
+
+def test_summary_table_has_one_row_per_file(bundle):
+    from hetsearch.export.exporter import format_summary, summary_rows
+
+    _, manifest = bundle
+    rows = summary_rows(manifest)
+    assert len(rows) == 9
+    text = format_summary(manifest)
+    for col in ("format", "precision", "status", "size", "parity", "compat", "latency"):
+        assert col in text.splitlines()[0]
+    assert "skipped: needs macOS" in text
+    assert all(r["latency"] is None for r in rows)  # filled by profiling
+
+
+# ----------------------------------------------------------------------------- integrity and corruption
+
+
+def test_tampered_file_is_refused(bundle, tmp_path, data):
+    from hetsearch.export.checks import check_bundle
+
+    out, manifest = bundle
+    copy = _copy(out, tmp_path)
+    f = copy / "model-fp32.onnx"
+    raw = bytearray(f.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    f.write_bytes(bytes(raw))
+    with pytest.raises(IntegrityError, match="does not match the manifest"):
+        mf.verify_file(copy, mf.file_entry(manifest, "model-fp32.onnx"))
+    with pytest.raises(IntegrityError):
+        check_bundle(copy, data[1], gallery=None)
+    (copy / "model-fp16.mlpackage" / "Manifest.json").write_text("{}")
+    with pytest.raises(IntegrityError):
+        mf.verify_file(copy, mf.file_entry(manifest, "model-fp16.mlpackage"))
+
+
+@pytest.mark.parametrize("fmt,runtime", [("onnx", "ONNX Runtime"), ("tflite", "LiteRT interpreter")])
+def test_corrupted_bytes_give_a_clear_error(bundle, tmp_path, fmt, runtime):
+    from hetsearch.export.runners import open_runner
+
+    out, manifest = bundle
+    copy = _copy(out, tmp_path)
+    name = f"model-fp32.{fmt}"
+    (copy / name).write_bytes(b"\x00garbage" * 64)
+    entry = dict(mf.file_entry(manifest, name), sha256=mf.sha256_path(copy / name))  # re-vouched: bytes are bad
+    with pytest.raises(BundleError, match=f"{runtime} cannot"):
+        open_runner(copy, entry)
+    truncated = (out / name).read_bytes()[:200]
+    (copy / name).write_bytes(truncated)
+    entry = dict(entry, sha256=mf.sha256_path(copy / name))
+    with pytest.raises(BundleError, match="cannot"):
+        open_runner(copy, entry)
+
+
+def test_missing_file_is_a_bundle_error(bundle, tmp_path):
+    out, manifest = bundle
+    copy = _copy(out, tmp_path)
+    (copy / "model-int8.tflite").unlink()
+    with pytest.raises(BundleError, match="missing"):
+        mf.verify_file(copy, mf.file_entry(manifest, "model-int8.tflite"))
+
+
+# ----------------------------------------------------------------------------- manifest validation
+
+
+def test_validation_problems_catch_broken_manifests(bundle):
+    from hetsearch.export.manifest_schema import schema_problems
+
+    _, manifest = bundle
+    good = json.loads(json.dumps(manifest))
+    assert mf.validation_problems(good) == []
+
+    def broken(edit):
+        m = json.loads(json.dumps(good))
+        edit(m)
+        return m
+
+    cases = {
+        "missing key 'space_id'": broken(lambda m: m.pop("space_id")),
+        "sha256 must be 64": broken(lambda m: m["files"][0].update(sha256="abc")),
+        "must be relative": broken(lambda m: m["files"][1].update(path="../../etc/passwd")),
+        "listed twice": broken(lambda m: m["files"].append(dict(m["files"][0]))),
+        "format must be one of": broken(lambda m: m["files"][0].update(format="pb")),
+        "layout must be one of": broken(lambda m: m["input"].update(layout="CHWN")),
+        "not a hetsearch space id": broken(lambda m: m.update(space_id="gallery-v1")),
+        "schema_version": broken(lambda m: m.update(schema_version=2)),
+    }
+    for needle, m in cases.items():
+        problems = mf.validation_problems(m)
+        assert any(needle in p for p in problems), (needle, problems)
+        assert schema_problems(m), needle
+        with pytest.raises(BundleError, match="not a valid hetsearch manifest"):
+            mf.validate(m)
+    # stricter than the reader: the exporter's schema also wants tools, failures, float32 I/O
+    assert schema_problems(broken(lambda m: m.pop("tools")))
+    assert schema_problems(broken(lambda m: m["input"].update(dtype="uint8")))
+    assert schema_problems(broken(lambda m: m["failures"].append({"format": "onnx", "precision": "int8"})))
+
+
+# ----------------------------------------------------------------------------- the compatibility gate
+
+
+@pytest.fixture(scope="session")
+def untrained_bundle(tmp_path_factory, data, pair):
+    """An untrained query model that *claims* the gallery's space: the gate must fail it.
+    int8 without calibration images fails to export — recorded, the rest continue."""
+    from hetsearch.cmpnas.checkpoint import load_checkpoint, save_checkpoint
+    from hetsearch.cmpnas.models import build_model
+    from hetsearch.export.exporter import export_bundle
+
+    gallery, _ = pair
+    root = tmp_path_factory.mktemp("untrained")
+    torch.manual_seed(3)
+    save_checkpoint(root / "query", build_model("mbv3-tiny"), kind="query", space_id=gallery.space_id)
+    manifest = export_bundle(root / "query", root / "bundle", formats=("onnx",), precisions=("fp32", "int8"),
+                             gallery=gallery.path, check_data=data[1], progress=False)
+    return root, manifest
+
+
+def test_gate_fails_an_incompatible_model(untrained_bundle):
+    _, manifest = untrained_bundle
+    rec = manifest["checks"]["model-fp32.onnx"]
+    assert rec["parity"]["status"] == "passed"  # the file is a faithful copy ...
+    assert rec["compat"]["status"] == "failed"  # ... of a model that is not in the gallery's space
+    assert "not compatible with this gallery" in rec["compat"]["reason"]
+    assert rec["status"] == "failed"
+
+
+def test_conversion_failure_is_recorded_and_the_rest_continue(untrained_bundle):
+    _, manifest = untrained_bundle
+    assert [e["path"] for e in manifest["files"]] == ["model-fp32.onnx"]
+    (failure,) = manifest["failures"]
+    assert (failure["format"], failure["precision"]) == ("onnx", "int8")
+    assert "calibration" in failure["reason"]
+    from hetsearch.export.exporter import format_summary
+
+    assert "export failed" in format_summary(manifest)
+
+
+def test_check_cli_exit_codes(untrained_bundle, bundle, pair, tmp_path, capsys):
+    from hetsearch.cli import main
+
+    root, _ = untrained_bundle
+    gallery, query = pair
+    args = ["check", str(root / "bundle"), "--gallery", str(gallery.path), "--check-samples", "200"]
+    assert main(args) == CheckFailed.exit_code == 3
+    err = capsys.readouterr().err
+    assert "failed the checks" in err and "Traceback" not in err
+    assert main(args + ["--allow-mismatch"]) == 0
+    out_json = tmp_path / "check.json"
+    rc = main(["check", str(bundle[0]), "--gallery", str(gallery.path), "--query", str(query.path),
+               "--files", "model-fp32.onnx,model-int8.tflite", "--json", str(out_json)])
+    assert rc == 0, capsys.readouterr().err
+    res = json.loads(out_json.read_text())
+    assert res["passed"] is True and set(res["results"]) == {"model-fp32.onnx", "model-int8.tflite"}
+    assert res["results"]["model-fp32.onnx"]["parity"]["cos_min"] > 0.9999
+    # --query from another model is refused with a clear message
+    assert main(["check", str(bundle[0]), "--query", str(root / "query")]) == 2
+    assert "weights differ" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="session")
+def other_gallery(tmp_path_factory):
+    from hetsearch.cmpnas.checkpoint import load_checkpoint, save_checkpoint
+    from hetsearch.cmpnas.models import build_model
+
+    d = tmp_path_factory.mktemp("other") / "gallery"
+    torch.manual_seed(7)
+    save_checkpoint(d, build_model("resnet-tiny"), kind="gallery")
+    return load_checkpoint(d)
+
+
+def test_space_mismatch_is_refused_unless_allowed(bundle, pair, data, other_gallery, tmp_path, capsys):
+    from hetsearch.cli import main
+    from hetsearch.export.checks import check_bundle
+    from hetsearch.export.exporter import export_bundle
+
+    _, query = pair
+    assert other_gallery.space_id != query.space_id
+    with pytest.raises(SpaceMismatchError):
+        export_bundle(query.path, tmp_path / "b", formats=("onnx",), gallery=other_gallery.path,
+                      check_data=data[1], progress=False)
+    assert not (tmp_path / "b").exists()  # refused before converting anything
+    with pytest.raises(SpaceMismatchError):
+        check_bundle(bundle[0], data[1], gallery=other_gallery.path, files=["model-fp32.onnx"])
+    rc = main(["check", str(bundle[0]), "--gallery", str(other_gallery.path), "--files", "model-fp32.onnx"])
+    assert rc == 2 and "embedding space" in capsys.readouterr().err
+    res = check_bundle(bundle[0], data[1], gallery=other_gallery.path, files=["model-fp32.onnx"],
+                       allow_mismatch=True)
+    assert "space_mismatch" in res["model-fp32.onnx"]
+
+
+# ----------------------------------------------------------------------------- CLI and thresholds
+
+
+def test_export_cli_end_to_end(pair, tmp_path, capsys):
+    from hetsearch.cli import main
+
+    gallery, query = pair
+    out = tmp_path / "bundle"
+    rc = main(["export", str(query.path), "--formats", "onnx", "--precision", "fp32", "--out", str(out),
+               "--gallery", str(gallery.path), "--check-samples", "120", "--json", str(tmp_path / "e.json"),
+               "--quiet"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "parity (cos min)" in captured.out and "onnx" in captured.out
+    m = mf.load(out)
+    assert m["checks"]["model-fp32.onnx"]["status"] == "passed"
+    assert m["checks"]["model-fp32.onnx"]["data"] == "fashion-mnist:train[val][check-samples]"
+    assert json.loads((tmp_path / "e.json").read_text())["rows"][0]["format"] == "onnx"
+    assert main(["export", str(query.path), "--formats", "onnx,pb", "--out", str(out)]) == 2
+    assert "unknown format 'pb'" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "nope"), "--out", str(out), "--no-check"]) == 2
+    assert "no hetsearch checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["export", "check"])
+def test_help_has_examples(command, capsys):
+    from hetsearch.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert "examples:" in text and f"hetsearch {command} " in text
+
+
+def test_profile_is_not_registered_here():
+    import argparse
+
+    from hetsearch.export.cli import register
+
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers()
+    register(sub)
+    assert set(sub.choices) == {"export", "check"}
+
+
+def test_thresholds_and_parity_math():
+    from hetsearch.errors import HetsearchError
+    from hetsearch.export.checks import judge_parity, merge_thresholds, parity_stats, parse_threshold_args
+
+    t = merge_thresholds(parse_threshold_args("int8=3,fp16=0.1", 0.7))
+    assert t["compat_drop"] == {"fp32": 0.2, "fp16": 0.1, "int8": 3.0} and t["min_compat_ratio"] == 0.7
+    with pytest.raises(HetsearchError):
+        parse_threshold_args("int4=1")
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(50, 16)).astype(np.float32)
+    s = parity_stats(a, a)
+    assert s["cos_min"] == pytest.approx(1.0) and s["max_abs_diff"] == 0
+    assert judge_parity(s, "fp32", t)["status"] == "passed"
+    noisy = parity_stats(a, a + rng.normal(scale=0.3, size=a.shape))
+    j = judge_parity(noisy, "fp32", t)
+    assert j["status"] == "failed" and "cos_min" in j["reason"]
+    nan = parity_stats(a, np.full_like(a, np.nan))
+    assert judge_parity(nan, "int8", t)["status"] == "failed"
