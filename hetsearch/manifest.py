@@ -26,6 +26,14 @@ A bundle is one directory per query model::
     latency         dict  per target, per file path: profile results
     tools           dict  tool name -> version
 
+Optional keys written by ``hetsearch export`` (readers may ignore them)::
+
+    failures        list  {format, precision, reason} of conversions that failed
+    source          dict  kind and weights_sha256 of the checkpoint the files came from
+                          (``hetsearch check --query`` verifies it is the same model)
+    check_config    dict  check images (source, count), gallery space and R@1, thresholds
+    exported_at     str   UTC time of the export (ISO 8601)
+
 The SDK trusts nothing the manifest does not vouch for: every file's sha256 is
 checked before it is loaded (:func:`verify_file`).
 """
