@@ -46,6 +46,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from hetsearch.errors import HetsearchError
+
     from .profile import default_report_path, format_report, profile_bundle, write_reports
 
     report = profile_bundle(
@@ -54,7 +56,10 @@ def run(args) -> int:
         precisions=args.precisions, paragon=args.paragon, identity=args.identity, known_hosts=args.known_hosts,
         remote_python=args.remote_python, benchmark_model=args.benchmark_model, adb=args.adb, timeout=args.timeout,
     )
-    json_path, md_path = write_reports(report, args.json or default_report_path(args.bundle, args.target))
+    try:
+        json_path, md_path = write_reports(report, args.json or default_report_path(args.bundle, args.target))
+    except OSError as exc:
+        raise HetsearchError(f"cannot write the report: {exc}") from exc
     print(format_report(report))
     print(f"report: {json_path} and {md_path}")
     return 1 if any(r["status"] == "failed" for r in report["results"]) else 0

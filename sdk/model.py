@@ -202,7 +202,7 @@ class QueryModel:
         emb = np.empty((n, self.dim), dtype=np.float32)
         if n == 0:
             return emb
-        x = inputs.astype(self.runtime.input_dtype, copy=False)
+        x = self.runtime.prepare(inputs)
         if self.runtime.batch_fixed:
             for i in range(n):
                 emb[i] = self._output_row(self.runtime.run(x[i : i + 1]), 1)[0]

@@ -129,7 +129,24 @@ class Runtime:
         """True when the model only takes one image per call (static batch 1)."""
         return bool(self.input_shape) and self.input_shape[0] == 1
 
+    _in_quant: tuple = (0.0, 0)
+
+    def prepare(self, x: np.ndarray) -> np.ndarray:
+        """Float pixels (in the manifest's value range) -> the array this file's input takes.
+
+        A no-op for float32 inputs; integer inputs are quantized with the file's scale and
+        zero point when it has them, else rounded and clipped.
+        """
+        if np.issubdtype(self.input_dtype, np.integer):
+            scale, zero = self._in_quant
+            if scale:
+                x = x / scale + zero
+            info = np.iinfo(self.input_dtype)
+            x = np.clip(np.round(x), info.min, info.max)
+        return np.ascontiguousarray(x, dtype=self.input_dtype)
+
     def run(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        """Run one prepared input (see :meth:`prepare`); the output as the runtime returns it."""
         raise NotImplementedError
 
     def describe(self) -> dict:
@@ -215,11 +232,6 @@ class LiteRT(Runtime):
         self._allocated_shape = tuple(int(d) for d in inp["shape"])
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        scale, zero = self._in_quant
-        if np.issubdtype(self.input_dtype, np.integer) and scale:
-            info = np.iinfo(self.input_dtype)
-            x = np.clip(np.round(x / scale + zero), info.min, info.max)
-        x = np.ascontiguousarray(x, dtype=self.input_dtype)
         try:
             if tuple(x.shape) != self._allocated_shape:
                 self._interp.resize_tensor_input(self._in_index, list(x.shape), strict=True)
@@ -265,7 +277,7 @@ class CoreML(Runtime):
 
     def run(self, x: np.ndarray) -> np.ndarray:
         try:
-            result = self._model.predict({self.input_name: np.ascontiguousarray(x, dtype=self.input_dtype)})
+            result = self._model.predict({self.input_name: x})
         except Exception as exc:
             raise ModelError(f"Core ML failed to run {self.path.name}: {exc}") from exc
         return np.asarray(result[self.output_name])

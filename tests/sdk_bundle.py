@@ -27,7 +27,22 @@ def _model(arch: str, channels: int, size: int, seed: int):
     return build_model(arch, in_channels=channels, input_size=size).eval()
 
 
-def _export_directly(model, out: Path, formats, space_id: str) -> dict:
+def _channels_last(model):
+    """``model`` behind a permute, so the exported graph takes N×H×W×C pixels."""
+    import torch.nn as nn
+
+    class ChannelsLast(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x.permute(0, 3, 1, 2))
+
+    return ChannelsLast(model)
+
+
+def _export_directly(model, out: Path, formats, space_id: str, layout: str = "NCHW") -> dict:
     import torch
 
     from hetsearch import manifest as manifest_mod
@@ -40,7 +55,10 @@ def _export_directly(model, out: Path, formats, space_id: str) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     if "onnx" in formats:
         path = out / "model-fp32.onnx"
-        torch.onnx.export(model, (x,), str(path), input_names=["pixels"], output_names=["embedding"],
+        graph, example = model, x
+        if layout == "NHWC":  # a file that takes channels-last pixels, as some converters emit
+            graph, example = _channels_last(model), x.permute(0, 2, 3, 1).contiguous()
+        torch.onnx.export(graph, (example,), str(path), input_names=["pixels"], output_names=["embedding"],
                           dynamo=False, opset_version=17)
         files.append(("onnx", path))
     if "tflite" in formats:
@@ -60,7 +78,8 @@ def _export_directly(model, out: Path, formats, space_id: str) -> dict:
                   "value_range": [0, 255], "resize": "bilinear", "color": "grayscale" if c == 1 else "rgb"},
         "output": {"dim": model.embed_dim, "l2_normalized": True, "name": "embedding"},
         "files": [{"path": p.name, "format": fmt, "precision": "fp32", "sha256": manifest_mod.sha256_path(p),
-                   "bytes": manifest_mod.size_path(p)} for fmt, p in files],
+                   "bytes": manifest_mod.size_path(p), **({"layout": layout} if fmt == "onnx" else {})}
+                  for fmt, p in files],
         "checks": {},
         "latency": {},
         "tools": {"torch": torch.__version__},
@@ -70,12 +89,15 @@ def _export_directly(model, out: Path, formats, space_id: str) -> dict:
 
 
 def build_bundle(out: str | Path, *, arch: str = "mbv3-tiny", channels: int = 1, size: int = 28,
-                 formats=("onnx", "tflite"), seed: int = 0, exporter: bool = True) -> Path:
+                 formats=("onnx", "tflite"), seed: int = 0, exporter: bool = True, layout: str = "NCHW") -> Path:
     """Export a tiny random query model into ``out`` and return the bundle directory.
 
     ``exporter=False`` skips the export toolchain (torch's TorchScript ONNX exporter, a fraction of a
-    second) for bundles whose tests are about preprocessing rather than the exported files.
+    second) for bundles whose tests are about preprocessing rather than the exported files;
+    ``layout="NHWC"`` (implies ``exporter=False``) writes an ONNX file taking channels-last input.
     """
+    if layout != "NCHW":
+        exporter = False
     out = Path(out)
     model = _model(arch, channels, size, seed)
     space_id = _space_id(seed)
@@ -86,7 +108,7 @@ def build_bundle(out: str | Path, *, arch: str = "mbv3-tiny", channels: int = 1,
         except ImportError:
             pass
     if export_bundle is None:
-        _export_directly(model, out, tuple(formats), space_id)
+        _export_directly(model, out, tuple(formats), space_id, layout)
         return out
     from hetsearch.cmpnas.checkpoint import save_checkpoint
 

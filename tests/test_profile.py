@@ -107,6 +107,21 @@ def test_tampered_file_is_not_profiled(bundle):
         profile_bundle(bundle, formats="tflite", **FAST)
 
 
+@pytest.mark.skipif(sys.platform == "darwin", reason="Core ML runs on macOS")
+def test_coreml_file_is_skipped_off_macos(bundle):
+    package = bundle / "model-fp32.mlpackage"
+    (package / "Data").mkdir(parents=True)
+    (package / "Data" / "model.mlmodel").write_bytes(b"stand-in: never loaded off macOS")
+    manifest = manifest_mod.load(bundle)
+    manifest["files"].append({"path": package.name, "format": "coreml", "precision": "fp32",
+                              "sha256": manifest_mod.sha256_path(package), "bytes": manifest_mod.size_path(package)})
+    manifest_mod.save(bundle, manifest)
+    report = profile_bundle(bundle, formats="coreml,tflite", **FAST)
+    status = {r["format"]: (r["status"], r["error"]) for r in report["results"]}
+    assert status["tflite"][0] == "ok"
+    assert status["coreml"][0] == "skipped" and "macOS" in status["coreml"][1]
+
+
 def test_parse_target():
     assert parse_target("local").kind == "local"
     t = parse_target("ssh://pi@raspberrypi.local:2222")

@@ -110,6 +110,15 @@ def test_rgb_model_takes_grayscale_and_rgb(rgb_bundle):
     assert np.abs(emb - ref).max() < 1e-4
 
 
+def test_channels_last_file(gray_bundle, tmp_path_factory):
+    nhwc = cached_bundle(tmp_path_factory, formats=("onnx",), layout="NHWC")
+    model = QueryModel.load(nhwc)
+    assert model.input_spec["layout"] == "NHWC" and model.manifest["input"]["layout"] == "NCHW"
+    imgs = _images(3, seed=11)
+    assert model.preprocess(imgs).shape == (3, 28, 28, 1)
+    np.testing.assert_allclose(model.embed(imgs), QueryModel.load(gray_bundle).embed(imgs), atol=1e-5)
+
+
 def test_auto_backend_and_precision_choice(gray_bundle):
     model = QueryModel.load(gray_bundle)
     assert model.backend == "onnxruntime" and model.precision == "fp32"
@@ -183,3 +192,16 @@ def test_nan_output_is_an_error(gray_bundle, monkeypatch):
 def test_coreml_off_macos_is_a_clear_error(gray_bundle):
     with pytest.raises(BackendUnavailable, match="Core ML runs only on macOS"):
         QueryModel.load(gray_bundle, backend="coreml")
+
+
+def test_integer_inputs_are_quantized_once():
+    from hetsearch.sdk.runtime import Runtime
+
+    rt = Runtime()
+    rt.input_dtype, rt._in_quant = np.dtype(np.int8), (1.0, -128)  # a fully-quantized file's input
+    np.testing.assert_array_equal(rt.prepare(np.array([0.0, 127.6, 255.0, 300.0])), [-128, 0, 127, 127])
+    rt.input_dtype, rt._in_quant = np.dtype(np.uint8), (0.0, 0)
+    np.testing.assert_array_equal(rt.prepare(np.array([-3.0, 17.4, 254.6])), [0, 17, 255])
+    rt.input_dtype = np.dtype(np.float32)
+    x = np.ones((1, 1, 2, 2), np.float32)
+    assert rt.prepare(x) is x
