@@ -21,7 +21,8 @@ COMMAND_MODULES = (
     "hetsearch.cmpnas.nas_cli",
     "hetsearch.export.cli",  # export, check
     "hetsearch.export.profile_cli",  # profile
-    "hetsearch.gallery_server.cli",  # index, serve
+    "hetsearch.gallery_server.index_cli",  # index
+    "hetsearch.gallery_server.cli",  # serve, gallery
     "hetsearch.sdk.cli",  # query
     "hetsearch.demo",  # demo
 )

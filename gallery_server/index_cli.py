@@ -1,0 +1,68 @@
+"""``hetsearch index`` — embed a gallery with the gallery model into a data directory or a running server."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+EPILOG = """\
+examples:
+  hetsearch index --gallery runs/gallery --data fashion-mnist --split test --out gallery-data
+  hetsearch index --gallery runs/gallery --data my_catalog/ --name shoes --index HNSW32 --out gallery-data
+  hetsearch index --gallery runs/gallery --data fashion-mnist --server localhost:50051 --token-file tokens.txt
+
+Ids are the images' positions in the data (0..N-1); metadata is the file name (ImageFolder) or the class.
+With --out the data directory must not be in use by a running server (use --server then).
+"""
+
+
+def cmd_index(args) -> int:
+    from hetsearch.cmpnas.data import load_data, stratified_sample
+    from hetsearch.errors import HetsearchError
+    from hetsearch.report import format_table, write_json
+
+    from .indexer import index_gallery
+
+    data = load_data(args.data, args.split, args.data_dir)
+    if args.max_samples:
+        data = data.subset(stratified_sample(data.labels, args.max_samples, 0), str(args.max_samples))
+    token = None
+    if args.token_file:
+        from .auth import load_token_file
+
+        tokens = load_token_file(args.token_file)
+        raw = tokens.admin or tokens.read
+        token = raw.decode() if raw else None
+    token = token or os.environ.get("HETSEARCH_TOKEN")
+    if not args.out and not args.server:
+        raise HetsearchError("give --out DATA_DIR (offline) or --server ADDR (a running server)")
+    res = index_gallery(args.gallery, data, out=args.out, server=args.server, name=args.name,
+                        index_factory=args.index, token=token, tls=args.tls_ca or None,
+                        batch_size=args.batch_size, progress=not args.quiet, replace=args.replace)
+    print(format_table([res], digits=1))
+    if args.json:
+        write_json(args.json, res)
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("index", help="embed gallery images with the gallery model into a gallery",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+                       description="Embed gallery images with the gallery model, in batches, into a gallery.")
+    p.add_argument("--gallery", required=True, help="gallery model checkpoint directory")
+    p.add_argument("--data", default="fashion-mnist", help="fashion-mnist, an ImageFolder directory or an .npz")
+    p.add_argument("--data-dir", default=None, help="where Fashion-MNIST's files are")
+    p.add_argument("--split", default="test", choices=("train", "test"), help="Fashion-MNIST split (default test)")
+    p.add_argument("--max-samples", type=int, default=None, help="index a class-balanced subset")
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--out", help="data directory to write into (no server running on it)")
+    target.add_argument("--server", help="address of a running gallery server, e.g. localhost:50051")
+    p.add_argument("--name", default="default", help="gallery name (default: default)")
+    p.add_argument("--index", default="Flat", help="faiss index_factory string: Flat, HNSW32, IVF256,Flat …")
+    p.add_argument("--replace", action="store_true", help="drop an existing gallery of that name first")
+    p.add_argument("--token-file", help="token file (with --server)")
+    p.add_argument("--tls-ca", help="CA certificate for a TLS server")
+    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--json", help="write a summary as JSON")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_index)

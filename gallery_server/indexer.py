@@ -1,0 +1,100 @@
+"""``hetsearch index``: embed gallery images with the gallery model and store them in a gallery.
+
+Writes either straight into a data directory (no server running: ``store.open_offline``) or through a
+running server (``GalleryClient.upsert``). Ids are the images' positions in the data; metadata is the
+file name (ImageFolder) or the class name.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("hetsearch.index")
+
+
+def index_gallery(gallery_ckpt, data, *, out: str | Path | None = None, server: str | None = None,
+                  name: str = "default", index_factory: str = "Flat", token: str | None = None,
+                  tls=None, batch_size: int = 1000, progress: bool = True, replace: bool = False) -> dict:
+    """Embed ``data`` (an ImageSet) with the gallery checkpoint and upsert it into gallery ``name``."""
+    from tqdm.auto import tqdm
+
+    from hetsearch.cmpnas.checkpoint import Checkpoint, load_checkpoint
+    from hetsearch.cmpnas.embed import embed
+
+    if (out is None) == (server is None):
+        raise ValueError("give exactly one of out (a data directory) or server (an address)")
+    ck = gallery_ckpt if isinstance(gallery_ckpt, Checkpoint) else load_checkpoint(gallery_ckpt, expect_kind="gallery")
+    space = ck.space_id
+    n = len(data)
+    meta = [data.metadata(i) for i in range(n)]
+    t0 = time.time()
+    writer = _OfflineWriter(out, name, space, index_factory, replace) if out is not None else \
+        _ServerWriter(server, name, space, index_factory, token, tls, replace)
+    done = 0
+    try:
+        bar = tqdm(total=n, desc=f"indexing {name}", unit="img", disable=not progress)
+        for start in range(0, n, batch_size):
+            part = data.subset(np.arange(start, min(n, start + batch_size)), "batch")
+            emb = embed(ck.model, part)
+            ids = np.arange(start, start + len(part), dtype=np.int64)
+            writer.upsert(ids, emb, meta[start:start + len(part)])
+            done += len(part)
+            bar.update(len(part))
+        bar.close()
+        writer.finish()
+    finally:
+        writer.close()
+    secs = time.time() - t0
+    return {"gallery": name, "space_id": space, "vectors": done, "seconds": round(secs, 2),
+            "images_per_second": round(done / max(secs, 1e-9), 1), "index_factory": index_factory,
+            "target": str(out) if out is not None else server}
+
+
+class _OfflineWriter:
+    def __init__(self, out, name, space, index_factory, replace):
+        from .store import open_offline
+
+        self.store = open_offline(out)
+        self.name = name
+        if replace and any(g.name == name for g in self.store.list()):
+            self.store.drop_gallery(name)
+        self.store.create_gallery(name, space, index_factory=index_factory, exist_ok=True)
+        self.space = space
+
+    def upsert(self, ids, emb, meta):
+        self.store.upsert(self.name, ids, emb, meta, space_id=self.space)
+
+    def finish(self):
+        self.store.snapshot(self.name)
+
+    def close(self):
+        self.store.close()
+
+
+class _ServerWriter:
+    def __init__(self, server, name, space, index_factory, token, tls, replace):
+        from hetsearch.sdk.client import GalleryClient, GalleryNotFoundError
+
+        self.client = GalleryClient(server, token=token, tls=tls, timeout=60.0)
+        self.name, self.space = name, space
+        if replace:
+            try:
+                self.client.drop(name)
+            except GalleryNotFoundError:
+                pass
+        names = [g.name for g in self.client.list_galleries()]
+        if name not in names:
+            self.client.create_gallery(name, space, index_factory=index_factory)
+
+    def upsert(self, ids, emb, meta):
+        self.client.upsert(ids.tolist(), emb, list(meta), gallery=self.name, space_id=self.space)
+
+    def finish(self):
+        self.client.snapshot(self.name)
+
+    def close(self):
+        self.client.close()
