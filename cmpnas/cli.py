@@ -197,8 +197,7 @@ query model, searched by cosine similarity against all other images embedded by 
 
 
 def register(sub) -> None:
-    from .models import DEFAULT_GALLERY, DEFAULT_QUERY, PRESETS
-    from .losses import DEFAULT_COMPAT, PRESETS as LOSS_PRESETS
+    from .names import DEFAULT_COMPAT, DEFAULT_GALLERY, DEFAULT_QUERY, LOSS_PRESETS, PRESETS
 
     train = sub.add_parser("train", help="train a gallery model or a compatible query model",
                            description="Train the gallery (paragon) model or a compact query model compatible with it.")

@@ -43,6 +43,13 @@ Run `hetsearch COMMAND --help` for the options and examples of each command.
 """
 
 
+# which extra brings a missing module
+EXTRA_OF = {"torch": "train", "tqdm": "train", "matplotlib": "train", "faiss": "server", "prometheus_client": "server",
+            "grpc_health": "server", "grpc_reflection": "server", "onnx": "export", "onnxscript": "export",
+            "litert_torch": "export", "coremltools": "export", "ai_edge_quantizer": "export", "paramiko": "export",
+            "onnxruntime": "sdk", "ai_edge_litert": "sdk", "grpc": "sdk", "PIL": "sdk"}
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     pass
 
@@ -63,7 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
         except ImportError as exc:  # a part whose CLI module is missing in this install
             logging.getLogger("hetsearch").debug("commands of %s unavailable: %s", name, exc)
             continue
-        mod.register(sub)
+        try:
+            mod.register(sub)
+        except ImportError as exc:  # registration needing an extra that is not installed
+            logging.getLogger("hetsearch").debug("commands of %s unavailable: %s", name, exc)
     return parser
 
 
@@ -82,6 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     except HetsearchError as exc:
         print(f"hetsearch {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except ModuleNotFoundError as exc:
+        extra = EXTRA_OF.get((exc.name or "").split(".")[0], "all")
+        print(f"hetsearch {args.command}: error: the Python module {exc.name!r} is not installed; "
+              f"this command needs `pip install 'hetsearch[{extra}]'`", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

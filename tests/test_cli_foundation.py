@@ -48,3 +48,15 @@ def test_cli_bad_input_is_a_clear_error(tmp_path, capsys):
     assert rc == 2 and "no hetsearch checkpoint" in capsys.readouterr().err
     rc = main(["train", "query", "--gallery", str(tmp_path), "--out", str(tmp_path / "q"), "--quiet"])
     assert rc == 2
+
+
+def test_cli_without_torch_lists_commands_and_names_the_extra(tmp_path):
+    """An SDK-only install (no torch, no faiss) still has a working CLI that says what to install."""
+    code = ("import sys; sys.modules['torch'] = None; sys.modules['faiss'] = None\n"
+            "from hetsearch.cli import main\n"
+            "sys.exit(main(sys.argv[1:]))\n")
+    h = subprocess.run([sys.executable, "-c", code, "--help"], capture_output=True, text=True)
+    assert h.returncode == 0 and "query" in h.stdout and "train" in h.stdout
+    r = subprocess.run([sys.executable, "-c", code, "train", "gallery", "--out", str(tmp_path / "g")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "hetsearch[train]" in r.stderr and "Traceback" not in r.stderr

@@ -64,3 +64,11 @@ def test_bad_specs_are_clear():
     bad["stages"][0]["blocks"] = []
     with pytest.raises(ModelError, match="no blocks"):
         build_model(bad)
+
+
+def test_cli_names_match_the_registries():
+    from hetsearch.cmpnas import losses, models, names
+
+    assert tuple(names.PRESETS) == tuple(models.PRESETS)
+    assert names.DEFAULT_GALLERY == models.DEFAULT_GALLERY and names.DEFAULT_QUERY == models.DEFAULT_QUERY
+    assert tuple(names.LOSS_PRESETS) == tuple(losses.PRESETS) and names.DEFAULT_COMPAT == losses.DEFAULT_COMPAT
