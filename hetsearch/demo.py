@@ -30,8 +30,9 @@ from .report import format_table, markdown_table, read_json, write_json
 FULL = {
     "gallery": {"arch": "resnet-gallery", "epochs": 4, "max_train_samples": None},
     "query": {"arch": "mbv3-small", "epochs": 4, "max_train_samples": None},
-    "supernet": {"epochs": 3, "max_train_samples": 30000, "num_random": 1},
-    "search": {"budgets": [0.28, 1.1], "population": 16, "generations": 4, "max_val_samples": 1000},
+    "supernet": {"epochs": 2, "max_train_samples": 20000, "num_random": 1},
+    "search": {"budgets": [0.28, 1.1], "population": 12, "generations": 4, "max_val_samples": 1000,
+               "random_baseline": True},
     "finetune": {"epochs": 2, "max_train_samples": None},
     "export": {"formats": "onnx,tflite,coreml", "precision": "fp32,int8", "check_samples": 300},
     "profile": {"runs": 30, "warmup": 5, "min_seconds": 0.5},
@@ -43,7 +44,8 @@ QUICK = {
     "gallery": {"arch": "resnet-tiny", "epochs": 1, "max_train_samples": 2000},
     "query": {"arch": "mbv3-tiny", "epochs": 1, "max_train_samples": 2000},
     "supernet": {"epochs": 1, "max_train_samples": 1000, "num_random": 1},
-    "search": {"budgets": [0.15, 0.4], "population": 6, "generations": 2, "max_val_samples": 200},
+    "search": {"budgets": [0.15, 0.4], "population": 6, "generations": 2, "max_val_samples": 200,
+               "random_baseline": False},
     "finetune": {"epochs": 1, "max_train_samples": 1000},
     "export": {"formats": "onnx,tflite,coreml", "precision": "fp32,int8", "check_samples": 100},
     "profile": {"runs": 5, "warmup": 1, "min_seconds": 0.05},
@@ -123,7 +125,8 @@ class Demo:
         self.stage("3b. CMP-NAS: search under two budgets", se_cfg, lambda: self.run(
             "nas", "search", "--supernet", str(w / "supernet"), "--gallery", str(w / "gallery"), *self.data,
             "--budgets", budgets, "--population", str(se["population"]), "--generations", str(se["generations"]),
-            "--max-val-samples", str(se["max_val_samples"]), "--seed", str(self.args.seed), "--out", str(w / "search")))
+            "--max-val-samples", str(se["max_val_samples"]), "--seed", str(self.args.seed),
+            *([] if se["random_baseline"] else ["--no-random-baseline"]), "--out", str(w / "search")))
 
         ft = c["finetune"]
         nas_models = []

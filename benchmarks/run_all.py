@@ -1,0 +1,65 @@
+"""``make bench``: every benchmark, into benchmarks/results/ (JSON + Markdown + PNG).
+
+    python -m benchmarks.run_all            # the full runs (a few hours on 2 cores)
+    python -m benchmarks.run_all --quick    # smoke versions (minutes)
+
+Trains the paragon gallery model first (runs/gallery, reused when present), then runs
+bench_compat (parameter-level compatibility), bench_nas (the paper-style table), bench_export (formats,
+parity, compatibility, latency), bench_server (in-process faiss vs gRPC) and bench_sdk (SDK overhead).
+A benchmark that fails is reported and the rest continue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def run(argv: list[str]) -> tuple[int, float]:
+    print(f"\n$ {' '.join(argv)}", flush=True)
+    t0 = time.time()
+    rc = subprocess.call(argv)
+    return rc, time.time() - t0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--gallery", default=None, help="a trained gallery checkpoint (default: train runs/gallery)")
+    ap.add_argument("--only", default=None, help="comma list of: compat,nas,export,server,sdk")
+    args = ap.parse_args(argv)
+    py = sys.executable
+    q = ["--quick"] if args.quick else []
+    gallery = args.gallery or ("runs/gallery-quick" if args.quick else "runs/gallery")
+    results = []
+    if not (Path(gallery) / "checkpoint.pt").exists():
+        epochs, extra = ("1", ["--arch", "resnet-tiny", "--max-train-samples", "3000"]) if args.quick else ("12", [])
+        rc, secs = run([py, "-m", "hetsearch", "train", "gallery", "--epochs", epochs, *extra, "--out", gallery])
+        results.append(("train gallery", rc, secs))
+        if rc:
+            print("gallery training failed; stopping", file=sys.stderr)
+            return rc
+    plan = {
+        "compat": [py, "-m", "benchmarks.bench_compat", "--gallery", gallery, *q],
+        "nas": [py, "-m", "benchmarks.bench_nas", "--gallery", gallery, *q],
+        "export": [py, "-m", "benchmarks.bench_export", "--gallery", gallery,
+                   "--query", "runs/bench-compat/mbv3-small-bct-l2", *q],
+        "server": [py, "-m", "benchmarks.bench_server", *q],
+        "sdk": [py, "-m", "benchmarks.bench_sdk", *q],
+    }
+    only = set((args.only or ",".join(plan)).split(","))
+    for name, cmd in plan.items():
+        if name in only:
+            rc, secs = run(cmd)
+            results.append((name, rc, secs))
+    print("\nbenchmark        exit  minutes")
+    for name, rc, secs in results:
+        print(f"{name:16} {rc:4}  {secs / 60:7.1f}")
+    return 0 if all(rc == 0 for _, rc, _ in results) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

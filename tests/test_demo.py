@@ -1,0 +1,29 @@
+"""The quick demo, end to end: train, NAS, export, profile, index, serve, query, report."""
+
+import json
+
+from hetsearch.cli import main
+
+
+def test_quick_demo_end_to_end(tmp_path, capsys):
+    work, report = tmp_path / "work", tmp_path / "report"
+    assert main(["demo", "--quick", "--work", str(work), "--report", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert "Paper-style table" in out and "Export table" in out and "gallery server stopped" in out
+    summary = json.loads((report / "summary.json").read_text())
+    rows = {r["row"].split(":")[0]: r for r in summary["paper_table"]}
+    assert any(k.startswith("paragon") for k in rows)
+    assert sum("CMP-NAS" in k for k in rows) == 2
+    for r in summary["paper_table"]:
+        assert 0.0 < r["R@1"] <= 100.0 and r["MMACs"] > 0
+    formats = {(r["model"], r["format"], r["precision"]) for r in summary["export_table"] if r.get("format")}
+    assert ("query-bct", "onnx", "fp32") in formats and ("query-bct", "tflite", "int8") in formats
+    assert all("passed" != r["status"] for r in summary["export_table"] if r.get("format") == "coreml")
+    # the SDK queried the real server: every query image got k hits with metadata from the gallery
+    assert len(summary["hits"]) == 3 and all(len(q["hits"]) == 5 for q in summary["hits"])
+    assert all(h["metadata"] for q in summary["hits"] for h in q["hits"])
+    for png in ("accuracy_vs_mmacs.png", "latency.png"):
+        assert (report / png).stat().st_size > 5000
+    # a rerun reuses every finished stage
+    assert main(["demo", "--quick", "--work", str(work), "--report", str(report)]) == 0
+    assert capsys.readouterr().out.count("reusing the finished stage") >= 10
