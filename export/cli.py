@@ -56,8 +56,9 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data-dir", default=None, help="where Fashion-MNIST's idx .gz files are")
     g.add_argument("--val-fraction", type=float, default=0.1, help="validation split fraction (default: 0.1)")
     g.add_argument("--seed", type=int, default=0, help="seed of the split and the samples (default: 0)")
-    g.add_argument("--check-samples", type=int, default=300,
-                   help="validation images for parity and compatibility (default: 300)")
+    g.add_argument("--check-samples", type=int, default=500,
+                   help="validation images for parity and compatibility (default: 500; one flipped "
+                        "query is 100/N points of R@1)")
 
 
 def _add_gate_args(p: argparse.ArgumentParser) -> None:

@@ -1,0 +1,215 @@
+"""Export benchmark: a compact query model and the paragon gallery model, every format and precision.
+
+    python -m benchmarks.bench_export                  # trains small models (minutes on 2 cores)
+    python -m benchmarks.bench_export --quick          # tiny models, fewer images (about a minute)
+    python -m benchmarks.bench_export --query runs/query --gallery runs/gallery   # your checkpoints
+
+For each model, ``hetsearch.export.exporter.export_bundle`` writes ONNX, TFLite and Core ML files in
+fp32, fp16 and int8 (calibrated on training images) and checks each one on validation images carved
+out of the training data (never the test split): parity against the PyTorch model (cosine min/mean,
+max abs diff) and the compatibility gate (heterogeneous R@1 against the gallery model's embeddings,
+and its change from the PyTorch model's). The paragon is checked against itself (its R@1 Δ is what
+the conversion costs the gallery side). Latency comes from ``hetsearch.export.profile.profile_bundle``
+(target ``local``, one thread) when that module is installed; otherwise the latency columns are "-".
+Core ML files are converted and interface-checked; their numbers need macOS ("-" here).
+
+Without checkpoints it trains a gallery model (cosine classifier) and a query model (L2 regression
+to the gallery's embeddings) with ``hetsearch.export.toy``: quick ``resnet-tiny``/``mbv3-tiny``,
+otherwise ``resnet-gallery``/``mbv3-small``.
+
+Writes ``benchmarks/results/export.json`` and ``export.md`` (bundles under ``--work``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from hetsearch.report import format_table, markdown_table, write_json
+
+REPO = Path(__file__).resolve().parent.parent
+COLUMNS = ["model", "format", "precision", "status", "size_kb", "cos_min", "cos_mean", "max_abs_diff",
+           "r1", "r1_delta", "p50_ms", "vs_paragon"]
+HEADERS = {"size_kb": "size (KB)", "cos_min": "cos min", "cos_mean": "cos mean", "max_abs_diff": "max abs diff",
+           "r1": "het R@1", "r1_delta": "R@1 Δ", "p50_ms": "p50 (ms)", "vs_paragon": "× paragon"}
+
+
+def _args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny models, fewer images and timed runs")
+    p.add_argument("--query", default=None, help="query checkpoint (default: train one)")
+    p.add_argument("--gallery", default=None, help="gallery (paragon) checkpoint (default: train one)")
+    p.add_argument("--work", default=str(REPO / "runs" / "bench_export"), help="where checkpoints and bundles go")
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="where export.json/.md go")
+    p.add_argument("--formats", default="onnx,tflite,coreml")
+    p.add_argument("--precisions", default="fp32,fp16,int8")
+    p.add_argument("--check-samples", type=int, default=None, help="validation images (default 1000, quick 300)")
+    p.add_argument("--calib-samples", type=int, default=200)
+    p.add_argument("--threads", type=int, default=1, help="torch and runtime threads")
+    p.add_argument("--no-profile", action="store_true", help="skip latency profiling")
+    return p.parse_args(argv)
+
+
+def _train(work: Path, quick: bool, train_set):
+    from hetsearch.export.toy import train_gallery, train_query
+
+    x = train_set.as_model_input(28, 28, 1)
+    g_arch, q_arch = ("resnet-tiny", "mbv3-tiny") if quick else ("resnet-gallery", "mbv3-small")
+    steps = (40, 80) if quick else (300, 400)
+    t0 = time.perf_counter()
+    train_gallery(x, train_set.labels, work / "gallery", arch=g_arch, steps=steps[0], batch=64, lr=5e-3)
+    train_query(x, work / "gallery", work / "query", arch=q_arch, steps=steps[1], batch=64, lr=5e-3)
+    print(f"trained {g_arch} (gallery) and {q_arch} (query) in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    return work / "gallery", work / "query"
+
+
+def _rows(name: str, manifest: dict, profile: dict | None) -> list[dict]:
+    from hetsearch.export.exporter import summary_rows
+
+    prof = {}
+    if profile:
+        par = {(r["format"], r["precision"]): r for r in (profile.get("paragon") or {}).get("results", [])}
+        for r in profile["results"]:
+            p50 = r.get("p50_ms")
+            ref = par.get((r["format"], r["precision"]), {}).get("p50_ms")
+            prof[r["file"]] = (p50, p50 / ref if p50 and ref else None)
+    rows = []
+    for r in summary_rows(manifest):
+        rec = manifest["checks"].get(r.get("path"), {})
+        par, com = rec.get("parity", {}), rec.get("compat", {})
+        p50, ratio = prof.get(r.get("path"), (r.get("latency"), None))
+        rows.append({"model": name, "format": r["format"], "precision": r["precision"], "status": r["status"],
+                     "size_kb": None if r["size"] is None else round(
+                         next(e["bytes"] for e in manifest["files"] if e["path"] == r["path"]) / 1e3, 1),
+                     "cos_min": par.get("cos_min"), "cos_mean": par.get("cos_mean"),
+                     "max_abs_diff": par.get("max_abs_diff"), "r1": com.get("r1"), "r1_delta": com.get("delta"),
+                     "p50_ms": p50, "vs_paragon": ratio, "reason": r.get("reason") or rec.get("reason")})
+    return rows
+
+
+def main(argv=None) -> int:
+    args = _args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from hetsearch.cmpnas.checkpoint import load_checkpoint
+    from hetsearch.cmpnas.data import load_data, stratified_sample, train_val_split
+    from hetsearch.export.exporter import export_bundle, tool_versions
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    n_check = args.check_samples or (300 if args.quick else 1000)
+    ds = load_data("fashion-mnist", split="train")
+    train, val = train_val_split(ds, 0.1, 0)
+    small_train = train.subset(stratified_sample(train.labels, 1500 if args.quick else 6000, 1), "bench")
+    if args.query and args.gallery:
+        gallery_dir, query_dir = Path(args.gallery), Path(args.query)
+    elif args.query or args.gallery:
+        print("give both --query and --gallery, or neither", file=sys.stderr)
+        return 2
+    else:
+        gallery_dir, query_dir = _train(work / "models", args.quick, small_train)
+    check = val.subset(stratified_sample(val.labels, n_check, 2), "check")
+    calib = train.subset(stratified_sample(train.labels, args.calib_samples, 1), "calib")
+
+    try:
+        from hetsearch.export.profile import profile_bundle
+    except ImportError:
+        profile_bundle = None
+    profile_note = None
+    if args.no_profile:
+        profile_bundle, profile_note = None, "latency not measured (--no-profile)"
+    elif profile_bundle is None:
+        profile_note = "latency not measured: hetsearch.export.profile is not installed"
+
+    bundles, manifests, timings, trained = {}, {}, {}, {}
+    for name, ckpt_dir in (("paragon", gallery_dir), ("query", query_dir)):
+        ckpt = load_checkpoint(ckpt_dir)
+        trained[name] = {k: v for k, v in (ckpt.meta.get("train_config") or {}).items()
+                         if isinstance(v, (int, float, str, bool))}
+        bundles[name] = work / "bundles" / name
+        t0 = time.perf_counter()
+        manifests[name] = export_bundle(ckpt, bundles[name], formats=args.formats, precisions=args.precisions,
+                                        calib_data=calib, gallery=gallery_dir, check_data=check, progress=True,
+                                        threads=args.threads)
+        timings[name] = round(time.perf_counter() - t0, 1)
+
+    profile = None
+    if profile_bundle is not None:
+        runs, warmup, min_s = (30, 3, 0.2) if args.quick else (200, 10, 1.0)
+        try:
+            profile = profile_bundle(bundles["query"], "local", threads=1, warmup=warmup, runs=runs,
+                                     min_seconds=min_s, paragon=bundles["paragon"])
+        except Exception as exc:  # report, keep the parity/compat results
+            profile_note = f"profiling failed: {type(exc).__name__}: {exc}"
+            print(profile_note, file=sys.stderr)
+    paragon_profile = None
+    if profile and profile.get("paragon"):
+        paragon_profile = {"results": profile["paragon"]["results"], "paragon": {"results": profile["paragon"]["results"]}}
+
+    rows = _rows("paragon", manifests["paragon"], paragon_profile) + _rows("query", manifests["query"], profile)
+    models = {name: {"model_id": m["model_id"], "architecture": m["architecture"].get("name") or m["architecture"]["family"],
+                     "mmacs": m["macs"] / 1e6, "params": m["params"], "space_id": m["space_id"],
+                     "export_seconds": timings[name], "failures": m["failures"], "training": trained[name],
+                     "gallery_r1": m.get("check_config", {}).get("gallery_r1"),
+                     "pytorch_r1": m.get("check_config", {}).get("reference_r1")}
+              for name, m in manifests.items()}
+    result = {
+        "benchmark": "export",
+        "quick": args.quick,
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "host": {"platform": f"{platform.system()} {platform.machine()}", "python": platform.python_version()},
+        "data": {"source": "fashion-mnist train split", "check_images": len(check), "calib_images": len(calib),
+                 "note": "check images: validation split (10%, seed 0) of the training data"},
+        "models": models,
+        "profile": {"target": "local", "threads": 1, "note": profile_note,
+                    "host": (profile or {}).get("host")} if profile or profile_note else None,
+        "tools": tool_versions(),
+        "rows": rows,
+    }
+    out = Path(args.out)
+    write_json(out / "export.json", result)
+    md = [f"# Export benchmark{' (quick)' if args.quick else ''}", "",
+          f"Measured {result['measured_at']} on {result['host']['platform']}; "
+          f"{len(check)} validation images (from the training data), {len(calib)} calibration images.", ""]
+    for name, m in models.items():
+        md.append(f"- **{name}**: {m['architecture']}, {m['mmacs']:.2f} MMACs, {m['params']:,} parameters; "
+                  f"PyTorch heterogeneous R@1 {_pct(m['pytorch_r1'])}, gallery R@1 {_pct(m['gallery_r1'])}; "
+                  f"export + checks {m['export_seconds']} s; training: "
+                  + (", ".join(f"{k}={v}" for k, v in m["training"].items()) or "-"))
+    md += ["", "R@1 Δ: heterogeneous R@1 of the file's embeddings minus the PyTorch model's (points). "
+           "Core ML numbers need macOS. " + (profile_note or "Latency: local, one thread, p50."), "",
+           markdown_table(_display(rows), COLUMNS, headers=HEADERS)]
+    (out / "export.md").write_text("\n".join(md) + "\n")
+    print(format_table(_display(rows), COLUMNS, headers=HEADERS))
+    print(f"wrote {out / 'export.json'} and {out / 'export.md'}", file=sys.stderr)
+    return 0
+
+
+_DIGITS = {"size_kb": 1, "cos_min": 5, "cos_mean": 5, "max_abs_diff": 4, "r1": 2, "r1_delta": 2, "p50_ms": 4,
+           "vs_paragon": 3}
+
+
+def _display(rows: list[dict]) -> list[dict]:
+    """Rows with numbers rounded per column for the tables (the JSON keeps full precision)."""
+    out = []
+    for r in rows:
+        d = dict(r)
+        for key, n in _DIGITS.items():
+            if isinstance(d.get(key), float):
+                d[key] = f"{d[key]:+.{n}f}" if key == "r1_delta" else f"{d[key]:.{n}f}"
+        out.append(d)
+    return out
+
+
+def _pct(v):
+    return "-" if v is None else f"{v:.2f}%"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
