@@ -177,8 +177,12 @@ def cmd_export(args) -> int:
         if "int8" in precisions:
             if args.calib_data:
                 from hetsearch.cmpnas.data import load_data
+                from hetsearch.errors import DataError
 
-                train = load_data(args.calib_data, split="train", data_dir=args.data_dir)
+                try:
+                    train = load_data(args.calib_data, split="train", data_dir=args.data_dir)
+                except DataError as exc:
+                    raise DataError(str(exc).replace("--data ", "--calib-data ", 1)) from exc
             calib = _sample(train, args.calib_samples, args.seed + 1, "--calib-samples")
     if args.threads < 1:
         raise HetsearchError("--threads must be at least 1")

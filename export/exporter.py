@@ -431,8 +431,7 @@ def export_bundle(checkpoint, out_dir, formats=("onnx", "tflite", "coreml"), pre
     }
     if ctx is not None:
         manifest["check_config"] = {**ctx.info, "thresholds": thresholds}
-    if not files:
-        mf.save(out, {**manifest, "files": []})
+    if not files:  # nothing to vouch for: no manifest, the error lists every reason
         raise BundleError("no file could be exported:\n  - " + "\n  - ".join(
             f"{f['format']} {f['precision']}: {f['reason']}" for f in failures))
     mf.save(out, manifest)
