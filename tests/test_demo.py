@@ -11,9 +11,10 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "Paper-style table" in out and "Export table" in out and "gallery server stopped" in out
     summary = json.loads((report / "summary.json").read_text())
-    rows = {r["row"].split(":")[0]: r for r in summary["paper_table"]}
-    assert any(k.startswith("paragon") for k in rows)
-    assert sum("CMP-NAS" in k for k in rows) == 2
+    labels = [r["row"] for r in summary["paper_table"]]
+    assert labels[0].startswith("paragon")
+    assert sum(label.startswith("CMP-NAS") for label in labels) == 2
+    assert sum(label.startswith("homogeneous compact") for label in labels) == 3
     for r in summary["paper_table"]:
         assert 0.0 < r["R@1"] <= 100.0 and r["MMACs"] > 0
     formats = {(r["model"], r["format"], r["precision"]) for r in summary["export_table"] if r.get("format")}
