@@ -168,7 +168,7 @@ compatibility losses (--compat):
   l2               regression to the frozen gallery embedding
   contrastive      InfoNCE of query embeddings against the batch's gallery embeddings
   bct-l2           own + bct + l2 (default)
-  any of own, bct, l2, contrastive joined by '+', weights with --loss-weights bct=1,l2=10
+  any of own, bct, l2, contrastive joined by '+', weights with --loss-weights bct=1,l2=30
 
 examples:
   hetsearch train query --data fashion-mnist --gallery runs/gallery --arch mbv3-small --out runs/q-small
@@ -219,7 +219,7 @@ def register(sub) -> None:
     q.add_argument("--arch", default=DEFAULT_QUERY, help=f"preset ({presets}), JSON spec or .json file")
     q.add_argument("--compat", default=DEFAULT_COMPAT,
                    help=f"compatibility loss: {', '.join(LOSS_PRESETS)} or terms joined by '+' (default {DEFAULT_COMPAT})")
-    q.add_argument("--loss-weights", default=None, help="term weights, e.g. bct=1,l2=10 (defaults own=1 bct=1 l2=10 contrastive=1)")
+    q.add_argument("--loss-weights", default=None, help="term weights, e.g. bct=1,l2=30 (defaults own=1 bct=1 l2=30 contrastive=1)")
     q.add_argument("--bct-lambda", type=float, default=None, help="BCT influence weight λ (default 1)")
     q.add_argument("--temperature", type=float, default=0.05, help="contrastive temperature")
     add_data_args(q, "train")

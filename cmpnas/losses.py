@@ -38,7 +38,7 @@ PRESETS = {
     "bct-contrastive": ("own", "bct", "contrastive"),
 }
 DEFAULT_COMPAT = "bct-l2"
-DEFAULT_WEIGHTS = {"own": 1.0, "bct": 1.0, "l2": 10.0, "contrastive": 1.0}
+DEFAULT_WEIGHTS = {"own": 1.0, "bct": 1.0, "l2": 30.0, "contrastive": 1.0}
 
 
 @dataclass

@@ -59,7 +59,7 @@ def test_loss_values_on_hand_computed_cases():
     assert parts["l2"] == 0.0
     total, parts = l2(e, torch.tensor([0, 1]), g_emb=e.flip(0))
     assert parts["l2"] == pytest.approx(2.0 * 10.0 / 10.0)  # ||e1-e2||^2 = 2, mean over batch
-    assert float(total) == pytest.approx(20.0)  # default weight 10
+    assert float(total) == pytest.approx(60.0)  # default weight 30
 
 
 def test_augment_keeps_shape_and_content(tmp_path):
