@@ -88,8 +88,10 @@ class TFLiteRunner(Runner):
     def __init__(self, path, entry=None, threads=1):
         super().__init__(path, entry, threads)
         interp = require("ai_edge_litert.interpreter", "sdk", "running .tflite files")
+        from hetsearch.sdk.runtime import open_litert_interpreter
+
         try:
-            self.interpreter = interp.Interpreter(model_path=str(self.path), num_threads=threads)
+            self.interpreter, self.delegate = open_litert_interpreter(interp.Interpreter, self.path, threads)
             self.runner = self.interpreter.get_signature_runner(self.entry.get("signature"))
         except Exception as exc:
             raise BundleError(f"{self.path}: the LiteRT interpreter cannot load this file ({_first_line(exc)}); "

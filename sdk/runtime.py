@@ -206,6 +206,27 @@ def _litert_interpreter_class():
         raise MissingDependency("ai_edge_litert", "sdk", "running .tflite models") from exc
 
 
+def open_litert_interpreter(interpreter_cls, path, threads: int | None = None):
+    """A ready interpreter for ``path``. LiteRT applies its XNNPACK delegate by default; when the delegate
+    refuses a graph (some int8 graphs fail to prepare), fall back to the built-in kernels alone.
+    Returns (interpreter, delegate description)."""
+    kw = {"model_path": str(path), "num_threads": int(threads) if threads else None}
+    try:
+        interp = interpreter_cls(**kw)
+        interp.allocate_tensors()
+        for d in interp.get_input_details():
+            interp.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
+        interp.invoke()
+        return interp, "xnnpack"
+    except RuntimeError as exc:
+        if "delegate" not in str(exc).lower() and "xnnpack" not in str(exc).lower():
+            raise
+    resolver = sys.modules[interpreter_cls.__module__].OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    interp = interpreter_cls(**kw, experimental_op_resolver_type=resolver)
+    interp.allocate_tensors()
+    return interp, "builtin kernels (XNNPACK refused this graph)"
+
+
 class LiteRT(Runtime):
     name = "litert"
 
@@ -214,8 +235,7 @@ class LiteRT(Runtime):
         self.path = Path(path)
         self.threads = threads
         try:
-            self._interp = interpreter_cls(model_path=str(self.path), num_threads=int(threads) if threads else None)
-            self._interp.allocate_tensors()
+            self._interp, self.delegate = open_litert_interpreter(interpreter_cls, self.path, threads)
         except (ValueError, RuntimeError) as exc:
             raise ModelError(f"LiteRT cannot load {self.path}: {exc}") from exc
         inp = _pick(self._interp.get_input_details(), lambda d: d["name"], INPUT_NAME, "input", self.path)
