@@ -37,7 +37,7 @@ from .metrics import retrieval_metrics
 from .models import CosineClassifier
 from .supernet import (ElasticMobileNetV3, SupernetConfig, arch_macs, largest_arch, random_genome, recalibrate_bn,
                        resize_batch, save_supernet, smallest_arch)
-from .train import GallerySide, TrainConfig, _lr_at, _param_groups, augment_batch, set_threads
+from .train import GallerySide, TrainConfig, _lr_at, _param_groups, epoch_batches, set_threads
 
 log = logging.getLogger("hetsearch.nas")
 
@@ -162,16 +162,9 @@ def train_supernet(data: ImageSet, gallery: str | Path | Checkpoint, out: str | 
     for epoch in range(start_epoch, cfg.epochs):
         net.train()
         head.train()
-        perm = torch.randperm(n, generator=gen)
         sums: dict[str, float] = {}
-        bar = tqdm(range(steps_per_epoch), desc=f"supernet {out.name} epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not progress, unit="step", leave=False)
-        for i in bar:
-            idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            xb = x_train[idx].float()
-            if cfg.augment:
-                xb = augment_batch(xb, gen)
-            yb = y_train[idx]
+        for i, xb, yb, bar in epoch_batches(x_train, y_train, cfg, gen, steps_per_epoch,
+                                            f"supernet {out.name} epoch {epoch + 1}/{cfg.epochs}", progress):
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, total_steps, warmup, cfg.lr)
             g_emb = None
@@ -202,7 +195,6 @@ def train_supernet(data: ImageSet, gallery: str | Path | Checkpoint, out: str | 
             step += 1
             if i % 10 == 0:
                 bar.set_postfix({k: f"{v / (i + 1):.3f}" for k, v in sums.items() if k.endswith(("l2", "bct"))})
-        bar.close()
         net.set_active_subnet(big)
         entry: dict[str, Any] = {"epoch": epoch + 1, **{f"loss_{k}": v / steps_per_epoch for k, v in sums.items()}}
         entry.update(validate_subnets(net, {"largest": big, "smallest": small}, calib, val, g_val, ncfg.calib_images))

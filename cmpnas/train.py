@@ -82,6 +82,21 @@ def augment_batch(x: torch.Tensor, gen: torch.Generator, pad: int = 2) -> torch.
     return out.permute(0, 3, 1, 2).contiguous()
 
 
+def epoch_batches(x: torch.Tensor, y: torch.Tensor, cfg: "TrainConfig", gen: torch.Generator, steps: int,
+                  desc: str, progress: bool):
+    """One epoch of (step index, float images, labels, progress bar): a seeded shuffle, then batches with the
+    configured augmentation. Shared by the model and supernet training loops."""
+    perm = torch.randperm(len(y), generator=gen)
+    bar = tqdm(range(steps), desc=desc, disable=not progress, unit="step", leave=False)
+    for i in bar:
+        idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+        xb = x[idx].float()
+        if cfg.augment:
+            xb = augment_batch(xb, gen)
+        yield i, xb, y[idx], bar
+    bar.close()
+
+
 def _param_groups(modules: list[nn.Module], weight_decay: float) -> list[dict]:
     decay, no_decay = [], []
     for m in modules:
@@ -179,16 +194,9 @@ def fit(model: EmbeddingNet, train: ImageSet, val: ImageSet, out: str | Path, cf
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         head.train()
-        perm = torch.randperm(n, generator=gen)
         sums: dict[str, float] = {}
-        bar = tqdm(range(steps_per_epoch), desc=f"{kind} {out.name} epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not progress, unit="step", leave=False)
-        for i in bar:
-            idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            xb = x_train[idx].float()
-            if cfg.augment:
-                xb = augment_batch(xb, gen)
-            yb = y_train[idx]
+        for i, xb, yb, bar in epoch_batches(x_train, y_train, cfg, gen, steps_per_epoch,
+                                            f"{kind} {out.name} epoch {epoch + 1}/{cfg.epochs}", progress):
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, total_steps, warmup, cfg.lr)
             q = model(xb)
@@ -207,7 +215,6 @@ def fit(model: EmbeddingNet, train: ImageSet, val: ImageSet, out: str | Path, cf
                 sums[k] = sums.get(k, 0.0) + v
             if i % 10 == 0:
                 bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items()})
-        bar.close()
         entry = {"epoch": epoch + 1, **{f"loss_{k}": v / steps_per_epoch for k, v in sums.items()},
                  "seconds": round(time.time() - t0, 1)}
         if len(val) > 1:
