@@ -28,7 +28,7 @@ def embed(model, data, batch_size: int = 500, progress: bool | str = False) -> n
         it = tqdm(it, desc=progress if isinstance(progress, str) else "embedding", unit="batch", leave=False)
     try:
         for i in it:
-            xb = torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size])).float()
+            xb = torch.from_numpy(np.array(x[i : i + batch_size], dtype=np.float32))  # a writable copy
             out.append(model(xb).numpy())
     finally:
         model.train(was_training)
