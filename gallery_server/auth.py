@@ -11,6 +11,7 @@ open (load balancers probe them). Tokens are compared in constant time.
 from __future__ import annotations
 
 import hmac
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,17 @@ class Tokens:
     @property
     def enabled(self) -> bool:
         return bool(self.read or self.admin)
+
+
+def client_token(token_file=None, prefer: str = "admin") -> str | None:
+    """The bearer token a client sends: from a token file (``prefer`` first, else the other one),
+    else ``$HETSEARCH_TOKEN``, else none."""
+    if token_file:
+        t = load_token_file(token_file)
+        first, second = (t.admin, t.read) if prefer == "admin" else (t.read, t.admin)
+        raw = first or second
+        return raw.decode() if raw else None
+    return os.environ.get("HETSEARCH_TOKEN") or None
 
 
 def load_token_file(path) -> Tokens:

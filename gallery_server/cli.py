@@ -140,14 +140,10 @@ def cmd_serve(args) -> int:
 def _client(args):
     from hetsearch.sdk.client import GalleryClient
 
-    token = os.environ.get("HETSEARCH_TOKEN")
-    if args.token_file:
-        from .auth import load_token_file
+    from .auth import client_token
 
-        t = load_token_file(args.token_file)
-        token = (t.admin or t.read).decode()
     tls = args.tls_ca or (True if args.tls else None)
-    return GalleryClient(args.server, token=token, tls=tls)
+    return GalleryClient(args.server, token=client_token(args.token_file), tls=tls)
 
 
 def cmd_gallery(args) -> int:

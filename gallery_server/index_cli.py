@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 EPILOG = """\
 examples:
@@ -26,14 +25,9 @@ def cmd_index(args) -> int:
     data = load_data(args.data, args.split, args.data_dir)
     if args.max_samples:
         data = data.subset(stratified_sample(data.labels, args.max_samples, 0), str(args.max_samples))
-    token = None
-    if args.token_file:
-        from .auth import load_token_file
+    from .auth import client_token
 
-        tokens = load_token_file(args.token_file)
-        raw = tokens.admin or tokens.read
-        token = raw.decode() if raw else None
-    token = token or os.environ.get("HETSEARCH_TOKEN")
+    token = client_token(args.token_file)
     if not args.out and not args.server:
         raise HetsearchError("give --out DATA_DIR (offline) or --server ADDR (a running server)")
     res = index_gallery(args.gallery, data, out=args.out, server=args.server, name=args.name,

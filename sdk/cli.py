@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 EPILOG = """\
@@ -23,19 +22,16 @@ def cmd_query(args) -> int:
     from .client import GalleryClient
     from .model import QueryModel
 
-    token = os.environ.get("HETSEARCH_TOKEN")
-    if args.token_file:
-        lines = [ln.strip() for ln in open(args.token_file).read().splitlines() if ln.strip() and not ln.startswith("#")]
-        kv = dict(ln.split("=", 1) for ln in lines if "=" in ln)
-        token = kv.get("read") or kv.get("admin") or (lines[0] if lines else None)
+    from hetsearch.gallery_server.auth import client_token
+
+    token = client_token(args.token_file, prefer="read")
     model = QueryModel.load(args.bundle, backend=args.backend, precision=args.precision, threads=args.threads)
     tls = args.tls_ca or (True if args.tls else None)
-    with_client = GalleryClient(args.server, token=token, tls=tls, timeout=args.timeout, gallery=args.gallery)
+    client = GalleryClient(args.server, token=token, tls=tls, timeout=args.timeout, gallery=args.gallery)
     try:
-        emb = model.embed(list(args.images))
-        hits = with_client.search(emb, k=args.k, space_id=model.space_id)
+        hits = client.search(model.embed(list(args.images)), k=args.k, space_id=model.space_id)
     finally:
-        with_client.close()
+        client.close()
     rows, out = [], []
     for path, hs in zip(args.images, hits):
         out.append({"image": path, "hits": [{"id": h.id, "score": h.score, "metadata": h.metadata} for h in hs]})
