@@ -35,9 +35,8 @@ def retrieval_metrics(query_emb: np.ndarray, gallery_emb: np.ndarray, labels: np
     n = q.shape[0]
     if n < 2:
         raise ValueError("leave-one-out retrieval needs at least 2 items")
-    counts = np.bincount(np.unique(labels, return_inverse=True)[1])
-    _, inv = np.unique(labels, return_inverse=True)
-    r_per_query = counts[inv] - 1  # same-class items other than itself
+    _, inv, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    r_per_query = counts[inv.reshape(-1)] - 1  # same-class items other than itself
     max_r = int(max(r_per_query.max(), max(ks)))
     max_r = min(max_r, n - 1)
     hits = {k: 0 for k in ks}

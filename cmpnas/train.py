@@ -180,6 +180,7 @@ def fit(model: EmbeddingNet, train: ImageSet, val: ImageSet, out: str | Path, cf
     # validation targets: the gallery model's embeddings of the validation split
     g_val = embed(gallery.model, val) if (gallery is not None and len(val) > 1) else None
     start_epoch, best, history = 0, -1.0, []
+    saved_epochs = None  # how many epochs of history the saved checkpoint's metadata holds
     state_path = out / "last.pt"
     if resume and state_path.exists():
         st = torch.load(state_path, map_location="cpu", weights_only=False)
@@ -231,14 +232,12 @@ def fit(model: EmbeddingNet, train: ImageSet, val: ImageSet, out: str | Path, cf
         if score > best or epoch == start_epoch and best < 0:
             best = score
             _save(out, model, head, kind, gallery, loss, cfg, history, classes or train.classes, extra_meta, best_epoch=epoch + 1)
+            saved_epochs = len(history)
         torch.save({"model": model.state_dict(), "head": head.state_dict(), "opt": opt.state_dict(),
                     "gen": gen.get_state(), "epoch": epoch + 1, "best": best, "history": history}, state_path)
-    ck = load_checkpoint(out)
-    # keep the full history in the final metadata
-    if ck.meta.get("metrics", {}).get("history") != history:
+    if saved_epochs != len(history):  # the best epoch was not the last: keep the full history too
         _update_history(out, history)
-        ck = load_checkpoint(out)
-    return ck
+    return load_checkpoint(out)
 
 
 def _save(out, model, head, kind, gallery, loss, cfg, history, classes, extra_meta, best_epoch):

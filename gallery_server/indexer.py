@@ -23,7 +23,7 @@ def index_gallery(gallery_ckpt, data, *, out: str | Path | None = None, server: 
     from tqdm.auto import tqdm
 
     from hetsearch.cmpnas.checkpoint import Checkpoint, load_checkpoint
-    from hetsearch.cmpnas.embed import embed
+    from hetsearch.cmpnas.embed import embed, model_input
 
     if (out is None) == (server is None):
         raise ValueError("give exactly one of out (a data directory) or server (an address)")
@@ -31,6 +31,7 @@ def index_gallery(gallery_ckpt, data, *, out: str | Path | None = None, server: 
     space = ck.space_id
     n = len(data)
     meta = [data.metadata(i) for i in range(n)]
+    pixels = model_input(ck.model, data)  # converted to the model's size and channels once
     t0 = time.time()
     writer = _OfflineWriter(out, name, space, index_factory, replace) if out is not None else \
         _ServerWriter(server, name, space, index_factory, token, tls, replace)
@@ -38,12 +39,11 @@ def index_gallery(gallery_ckpt, data, *, out: str | Path | None = None, server: 
     try:
         bar = tqdm(total=n, desc=f"indexing {name}", unit="img", disable=not progress)
         for start in range(0, n, batch_size):
-            part = data.subset(np.arange(start, min(n, start + batch_size)), "batch")
-            emb = embed(ck.model, part)
-            ids = np.arange(start, start + len(part), dtype=np.int64)
-            writer.upsert(ids, emb, meta[start:start + len(part)])
-            done += len(part)
-            bar.update(len(part))
+            emb = embed(ck.model, pixels[start:start + batch_size])
+            ids = np.arange(start, start + len(emb), dtype=np.int64)
+            writer.upsert(ids, emb, meta[start:start + len(emb)])
+            done += len(emb)
+            bar.update(len(emb))
         bar.close()
         writer.finish()
     finally:

@@ -13,7 +13,7 @@ import logging
 import sys
 
 from . import __version__
-from .errors import HetsearchError
+from .errors import HetsearchError, MissingDependency
 
 # Modules that contribute sub-commands, in the order they appear in --help.
 COMMAND_MODULES = (
@@ -93,10 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hetsearch {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except ModuleNotFoundError as exc:
-        extra = EXTRA_OF.get((exc.name or "").split(".")[0], "all")
-        print(f"hetsearch {args.command}: error: the Python module {exc.name!r} is not installed; "
-              f"this command needs `pip install 'hetsearch[{extra}]'`", file=sys.stderr)
-        return 2
+        missing = MissingDependency(exc.name or "?", EXTRA_OF.get((exc.name or "").split(".")[0], "all"))
+        print(f"hetsearch {args.command}: error: {missing}", file=sys.stderr)
+        return missing.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
