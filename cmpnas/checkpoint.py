@@ -315,6 +315,25 @@ def load_checkpoint(path: str | os.PathLike, expect_kind: str | None = None) -> 
     return Checkpoint(model=model, head=head, kind=kind, space_id=space_id, meta=meta, path=folder)
 
 
+def relative_ref(path: str | os.PathLike | None, base: str | os.PathLike) -> str | None:
+    """``path`` as recorded in a file inside folder ``base``: relative to ``base`` (so the folder can move and be
+    used from any working directory); a path that does not exist (e.g. a dataset name) is kept as given."""
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.exists():
+        return str(path)
+    return os.path.relpath(p.resolve(), Path(base).resolve())
+
+
+def resolve_ref(ref: str | None, base: str | os.PathLike) -> Path | None:
+    """The inverse of :func:`relative_ref`: a recorded path resolved against the folder that records it."""
+    if not ref:
+        return None
+    p = Path(ref)
+    return p if p.is_absolute() else (Path(base) / p)
+
+
 def freeze(module: nn.Module | None) -> None:
     """No gradients, eval mode — for the frozen gallery model and classifier."""
     if module is None:

@@ -259,12 +259,104 @@ def stratified_sample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     return held
 
 
+VAL_MODES = ("auto", "stratified", "classes")
+
+
+def class_holdout_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (rest, held) holding out whole classes: about ``fraction`` of the classes (at least two of those
+    with two or more images), all of their images. Deterministic under seed."""
+    classes, counts = np.unique(labels, return_counts=True)
+    rng = np.random.default_rng(seed)
+    eligible = classes[counts >= 2]
+    if len(eligible) < 2:
+        raise DataError("cannot hold out validation classes: fewer than two classes have two or more images")
+    k = min(len(eligible), len(classes) - 1, max(2, int(round(fraction * len(classes)))))
+    if k < 2:
+        raise DataError("cannot hold out validation classes and keep one for training: too few classes")
+    held_classes = rng.choice(eligible, size=k, replace=False)
+    mask = np.isin(labels, held_classes)
+    return np.flatnonzero(~mask), np.flatnonzero(mask)
+
+
+def choose_val_mode(labels: np.ndarray, fraction: float) -> str:
+    """``stratified`` when a stratified split leaves most classes at least two validation images (so leave-one-out
+    R@1 measures something); otherwise ``classes`` (many small classes: hold out whole classes)."""
+    _, counts = np.unique(labels, return_counts=True)
+    per_class = np.round(counts * fraction)
+    return "stratified" if np.median(per_class) >= 2 else "classes"
+
+
 def train_val_split(ds: ImageSet, val_fraction: float = 0.1, seed: int = 0,
-                    max_train_samples: int | None = None, max_val_samples: int | None = None) -> tuple[ImageSet, ImageSet]:
-    """Carve a validation split (model selection only) from training data."""
-    train_idx, val_idx = stratified_split(ds.labels, val_fraction, seed)
+                    max_train_samples: int | None = None, max_val_samples: int | None = None,
+                    mode: str = "auto") -> tuple[ImageSet, ImageSet]:
+    """Carve a validation split (model selection only) from training data.
+
+    ``stratified``: ``val_fraction`` of every class (validation queries search their class-mates within the
+    validation split). ``classes``: whole classes held out (for many classes with few images each, where a
+    stratified split would leave one image per class and R@1 could measure nothing). ``auto`` picks between them
+    (:func:`choose_val_mode`); the chosen mode is in the validation set's ``source``."""
+    if mode not in VAL_MODES:
+        raise DataError(f"unknown validation mode {mode!r}; use one of {', '.join(VAL_MODES)}")
+    if mode == "auto":
+        mode = choose_val_mode(ds.labels, val_fraction)
+    if mode == "classes":
+        train_idx, val_idx = class_holdout_split(ds.labels, val_fraction, seed)
+    else:
+        train_idx, val_idx = stratified_split(ds.labels, val_fraction, seed)
     if max_train_samples:
         train_idx = train_idx[stratified_sample(ds.labels[train_idx], max_train_samples, seed + 1)]
     if max_val_samples:
         val_idx = val_idx[stratified_sample(ds.labels[val_idx], max_val_samples, seed + 2)]
-    return ds.subset(train_idx, "train"), ds.subset(val_idx, "val")
+    return ds.subset(train_idx, "train"), ds.subset(val_idx, f"val:{mode}")
+
+
+# ----------------------------------------------------------------------------- open-set protocol
+
+
+def parse_class_list(text: str | None, data: ImageSet) -> list[int]:
+    """'7,8,9' or 'Sneaker,Bag' (class indices or names of ``data``) -> sorted class indices."""
+    if not text:
+        return []
+    out = []
+    for item in str(text).split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if item.lstrip("-").isdigit():
+            c = int(item)
+            if not 0 <= c < data.num_classes:
+                raise DataError(f"--open-set-classes: class {c} is out of range (the data has classes 0.."
+                                f"{data.num_classes - 1})")
+        elif item in data.classes:
+            c = data.classes.index(item)
+        else:
+            raise DataError(f"--open-set-classes: {item!r} is neither a class index nor a class name of {data.source} "
+                            f"({', '.join(data.classes[:12])}{', ...' if data.num_classes > 12 else ''})")
+        out.append(c)
+    out = sorted(set(out))
+    if len(out) >= data.num_classes:
+        raise DataError("--open-set-classes holds out every class: nothing would be left to train on")
+    return out
+
+
+def open_set(data: ImageSet, held_out: list[int], role: str) -> ImageSet:
+    """The open-set protocol: the ``held_out`` classes never appear in training or validation data
+    (``role="train"``: they are removed and the remaining classes renumbered 0..K-1, in order) and form the
+    evaluation set alone (``role="eval"``: only they are kept, with their original names)."""
+    if not held_out:
+        return data
+    if role not in ("train", "eval"):
+        raise ValueError("role must be 'train' or 'eval'")
+    held = np.isin(data.labels, held_out)
+    if role == "eval":
+        keep = np.flatnonzero(held)
+        if len(keep) < 2:
+            raise DataError(f"the open-set evaluation classes {held_out} hold {len(keep)} images in {data.source}")
+        sub = data.subset(keep, "open-set-eval")
+        return sub
+    keep = np.flatnonzero(~held)
+    sub = data.subset(keep, "open-set-train")
+    remaining = [c for c in range(data.num_classes) if c not in held_out]
+    remap = np.full(data.num_classes, -1, np.int64)
+    remap[remaining] = np.arange(len(remaining))
+    return ImageSet(sub.images, remap[sub.labels], [data.classes[c] for c in remaining], sub.source, sub.names)

@@ -25,16 +25,21 @@ def _check(q: np.ndarray, g: np.ndarray, labels: np.ndarray) -> None:
         raise ValueError("embeddings contain NaN or Inf")
 
 
-def retrieval_metrics(query_emb: np.ndarray, gallery_emb: np.ndarray, labels: np.ndarray,
-                      ks=(1, 5), chunk: int = 1024) -> dict:
-    """Leave-one-out R@k and mAP@R; query i is never matched with gallery item i itself."""
+def _prepare(query_emb, gallery_emb, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     q = np.ascontiguousarray(query_emb, dtype=np.float32)
     g = np.ascontiguousarray(gallery_emb, dtype=np.float32)
     labels = np.asarray(labels)
     _check(q, g, labels)
-    n = q.shape[0]
-    if n < 2:
+    if q.shape[0] < 2:
         raise ValueError("leave-one-out retrieval needs at least 2 items")
+    return q, g, labels
+
+
+def retrieval_metrics(query_emb: np.ndarray, gallery_emb: np.ndarray, labels: np.ndarray,
+                      ks=(1, 5), chunk: int = 1024) -> dict:
+    """Leave-one-out R@k and mAP@R; query i is never matched with gallery item i itself."""
+    q, g, labels = _prepare(query_emb, gallery_emb, labels)
+    n = q.shape[0]
     _, inv, counts = np.unique(labels, return_inverse=True, return_counts=True)
     r_per_query = counts[inv.reshape(-1)] - 1  # same-class items other than itself
     max_r = int(max(r_per_query.max(), max(ks)))
@@ -66,6 +71,19 @@ def retrieval_metrics(query_emb: np.ndarray, gallery_emb: np.ndarray, labels: np
     out["map_at_r"] = 100.0 * ap_sum / max(ap_count, 1)
     out["n_queries"] = int(n)
     return out
+
+
+def recall_at_1(query_emb: np.ndarray, gallery_emb: np.ndarray, labels: np.ndarray, chunk: int = 2048) -> float:
+    """Leave-one-out R@1 (%) alone — what validation and the search reward need, without mAP@R's sorting."""
+    q, g, labels = _prepare(query_emb, gallery_emb, labels)
+    n = q.shape[0]
+    hits = 0
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        sims = q[start:stop] @ g.T
+        sims[np.arange(stop - start), np.arange(start, stop)] = -np.inf
+        hits += int((labels[sims.argmax(axis=1)] == labels[start:stop]).sum())
+    return 100.0 * hits / n
 
 
 def pair_scores(query_emb: np.ndarray, gallery_emb: np.ndarray, labels: np.ndarray,

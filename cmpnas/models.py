@@ -37,6 +37,16 @@ def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> 
     return new_v
 
 
+def mid_channels(cin: int, expand: float) -> int:
+    """The expanded width of an inverted-residual block (the static model and the supernet both use this)."""
+    return make_divisible(cin * expand, 8) if expand != 1 else cin
+
+
+def se_channels(channels: int, reduce: int = 4) -> int:
+    """The squeeze width of a squeeze-and-excitation branch over ``channels``."""
+    return make_divisible(channels / reduce, 8)
+
+
 def activation(name: str) -> nn.Module:
     return {"relu": nn.ReLU, "hswish": nn.Hardswish, "swish": nn.SiLU, "none": nn.Identity}[name]()
 
@@ -58,6 +68,14 @@ class InputNorm(nn.Module):
 
     def forward(self, x):
         return x * self.scale + self.shift
+
+
+def resize_batch(x: torch.Tensor, size) -> torch.Tensor:
+    """Bilinear, antialiased resize of a float batch to ``size`` (an int or (h, w)); close to PIL's bilinear."""
+    hw = (int(size), int(size)) if isinstance(size, (int, float)) else tuple(int(v) for v in size)
+    if tuple(x.shape[-2:]) == hw:
+        return x
+    return F.interpolate(x, size=hw, mode="bilinear", align_corners=False, antialias=True)
 
 
 class L2Norm(nn.Module):
@@ -151,7 +169,7 @@ class ResNetEmbed(EmbeddingNet):
 class SqueezeExcite(nn.Module):
     def __init__(self, channels: int, reduce: int = 4):
         super().__init__()
-        mid = make_divisible(channels / reduce, 8)
+        mid = se_channels(channels, reduce)
         self.fc1 = nn.Conv2d(channels, mid, 1)
         self.fc2 = nn.Conv2d(mid, channels, 1)
 
@@ -164,7 +182,7 @@ class SqueezeExcite(nn.Module):
 class InvertedResidual(nn.Module):
     def __init__(self, cin: int, cout: int, kernel: int, expand: float, stride: int, se: bool, act: str):
         super().__init__()
-        mid = make_divisible(cin * expand, 8) if expand != 1 else cin
+        mid = mid_channels(cin, expand)
         self.use_res = stride == 1 and cin == cout
         self.expand = None
         if mid != cin:

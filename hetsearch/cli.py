@@ -18,7 +18,7 @@ from .errors import HetsearchError, MissingDependency
 # Modules that contribute sub-commands, in the order they appear in --help.
 COMMAND_MODULES = (
     "hetsearch.cmpnas.cli",  # train, eval, nas
-    "hetsearch.cmpnas.nas_cli",
+    "hetsearch.cmpnas.nas.cli",
     "hetsearch.export.cli",  # export, check
     "hetsearch.export.profile_cli",  # profile
     "hetsearch.gallery_server.index_cli",  # index
@@ -52,6 +52,10 @@ EXTRA_OF = {"torch": "train", "tqdm": "train", "matplotlib": "train", "faiss": "
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     pass
+
+
+class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Examples kept as written, and every option's default shown in --help."""
 
 
 def build_parser() -> argparse.ArgumentParser:

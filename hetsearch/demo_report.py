@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .report import format_table, markdown_table, read_json, write_json
 
-PAPER_COLS = ["row", "model", "MMACs", "cost reduction", "R@1", "gap to paragon", "R@5", "mAP@R"]
+PAPER_COLS = ["row", "model", "MMACs", "cost reduction", "R@1", "points behind paragon", "R@5", "mAP@R"]
 EXPORT_COLS = ["model", "format", "precision", "status", "size", "parity", "compat", "p50 ms", "vs paragon"]
 
 
@@ -19,7 +19,7 @@ def paper_rows(work: Path, queries: list[str]) -> list[dict]:
     ev = work / "eval"
     par = _load(ev / "paragon.json")
     rows = [{"row": "paragon (gallery model on both sides)", "model": "gallery", "MMACs": par["query_mmacs"],
-             "cost reduction": 1.0, "R@1": par["recall_at_1"], "gap to paragon": 0.0,
+             "cost reduction": 1.0, "R@1": par["recall_at_1"], "points behind paragon": 0.0,
              "R@5": par["recall_at_5"], "mAP@R": par["map_at_r"]}]
     for q in queries:
         hom, het = _load(ev / f"{q}-hom.json"), _load(ev / f"{q}-het.json")
@@ -28,9 +28,26 @@ def paper_rows(work: Path, queries: list[str]) -> list[dict]:
                          (f"{kind}: query {q} vs gallery", het)):
             rows.append({"row": label, "model": q, "MMACs": r["query_mmacs"],
                          "cost reduction": par["query_mmacs"] / r["query_mmacs"], "R@1": r["recall_at_1"],
-                         "gap to paragon": r["recall_at_1"] - par["recall_at_1"], "R@5": r["recall_at_5"],
+                         "points behind paragon": par["recall_at_1"] - r["recall_at_1"], "R@5": r["recall_at_5"],
                          "mAP@R": r["map_at_r"]})
     return rows
+
+
+def nas_verdict(rows: list[dict]) -> str:
+    """One line per hand-designed model: how the searched model of at most its MACs compares (test split)."""
+    hand = [r for r in rows if r["row"].startswith("hand-designed")]
+    nas = [r for r in rows if r["row"].startswith("CMP-NAS")]
+    lines = []
+    for h in hand:
+        matched = [n for n in nas if n["MMACs"] <= h["MMACs"] * 1.001]
+        if not matched:
+            continue
+        n = max(matched, key=lambda r: r["MMACs"])
+        diff = n["R@1"] - h["R@1"]
+        lines.append(f"searched {n['model']} ({n['MMACs']:.3f} MMACs) vs hand-designed {h['model']} ({h['MMACs']:.3f} "
+                     f"MMACs): R@1 {n['R@1']:.2f} vs {h['R@1']:.2f} ({diff:+.2f} points; "
+                     f"{'at or above' if diff >= 0 else 'BELOW'} the hand-designed model at matched MACs)")
+    return "\n".join(lines)
 
 
 def export_rows(work: Path, names: list[str]) -> list[dict]:
@@ -129,8 +146,12 @@ def write(work: Path, report: Path, queries: list[str], hits: list, times: dict,
     report.mkdir(parents=True, exist_ok=True)
     prow = paper_rows(work, queries)
     erow = export_rows(work, ["gallery"] + queries)
-    print("\nPaper-style table (Fashion-MNIST test split, leave-one-out):")
+    print("\nPaper-style table (Fashion-MNIST test split, leave-one-out; 'points behind paragon' is positive when "
+          "a row is below the paragon):")
     print(format_table(prow, PAPER_COLS, digits=2))
+    verdict = nas_verdict(prow)
+    if verdict:
+        print(verdict)
     print("\nExport table (parity = min cosine vs PyTorch; compat = R@1 change vs the PyTorch query model):")
     print(format_table(erow, EXPORT_COLS, digits=3))
     _plot_accuracy(work, prow, report / "accuracy_vs_mmacs.png")
@@ -145,7 +166,8 @@ def write(work: Path, report: Path, queries: list[str], hits: list, times: dict,
     write_json(report / "summary.json", summary)
     md = ["# hetsearch demo report", "",
           f"{'Quick smoke run on a data subset' if quick else 'Full run'}; total {total_seconds / 60:.1f} min.", "",
-          "## Accuracy vs query cost (Fashion-MNIST test split)", "", markdown_table(prow, PAPER_COLS, digits=2),
+          "## Accuracy vs query cost (Fashion-MNIST test split)", "", markdown_table(prow, PAPER_COLS, digits=2), "",
+          nas_verdict(prow), "",
           "![accuracy vs MMACs](accuracy_vs_mmacs.png)", "",
           "## Export, checks and latency", "", markdown_table(erow, EXPORT_COLS, digits=3),
           "![latency](latency.png)", "",

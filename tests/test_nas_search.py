@@ -8,9 +8,9 @@ import torch
 from hetsearch.cli import main
 from hetsearch.cmpnas.checkpoint import load_checkpoint
 from hetsearch.cmpnas.data import load_data
-from hetsearch.cmpnas.search import (LatencyTable, MacsCost, SearchConfig, SearchError, evolutionary_search,
+from hetsearch.cmpnas.nas.search import (LatencyTable, MacsCost, SearchConfig, SearchError, evolutionary_search,
                                      layer_key, parse_reward, pareto_front, random_search)
-from hetsearch.cmpnas.supernet import SupernetConfig, arch_layers, arch_macs, largest_arch, smallest_arch
+from hetsearch.cmpnas.nas import SupernetConfig, arch_layers, arch_macs, largest_arch, smallest_arch
 from hetsearch.cmpnas.train import TrainConfig, train_gallery
 
 TINY = {"stages": [{"out": 16, "stride": 1, "se": False, "act": "relu"},
@@ -144,3 +144,38 @@ def test_end_to_end_supernet_search_finetune(gallery_dir, tmp_path, capsys):
     assert "no arch.json" in capsys.readouterr().err
     assert main(["nas", "search", "--supernet", str(tmp_path / "nope"), "--out", str(se), "--max-mmacs", "1"]) == 2
     assert "no supernet" in capsys.readouterr().err
+
+
+def test_supernet_paths_move_with_it_and_missing_data_is_an_error(gallery_dir, tmp_path, monkeypatch, capsys):
+    """The supernet records its gallery and data relative to its own folder: the tree can move and be used from
+    any working directory; data that is gone is an error, never a silent fallback to Fashion-MNIST."""
+    import shutil
+
+    import numpy as np
+
+    from hetsearch.cmpnas.data import stratified_sample
+
+    tree = tmp_path / "project"
+    tree.mkdir()
+    shutil.copytree(gallery_dir, tree / "gallery", ignore=shutil.ignore_patterns("targets"))
+    fm = load_data("fashion-mnist")
+    sub = fm.subset(stratified_sample(fm.labels, 600, 0))
+    np.savez(tree / "data.npz", images=sub.images, labels=sub.labels)
+    (tree / "space.json").write_text(json.dumps(TINY))
+    monkeypatch.chdir(tree)
+    common = ["--threads", "1", "--quiet"]
+    assert main(["nas", "supernet", "--gallery", "gallery", "--data", "data.npz", "--out", "sn", "--space", "space.json",
+                 "--epochs", "1", "--batch-size", "64", "--num-random", "1", *common]) == 0
+    meta = json.loads((tree / "sn" / "meta.json").read_text())
+    assert meta["gallery"] == "../gallery" and meta["data"] == "../data.npz"
+    moved = tmp_path / "elsewhere" / "project"
+    shutil.move(str(tree), str(moved))
+    monkeypatch.chdir(tmp_path)
+    search = ["nas", "search", "--supernet", str(moved / "sn"), "--out", str(tmp_path / "se"), "--max-mmacs", "0.3",
+              "--population", "2", "--generations", "0", "--no-random-baseline", "--calib-images", "32", *common]
+    assert main(search) == 0
+    (moved / "data.npz").unlink()
+    capsys.readouterr()
+    assert main(search) == 2
+    err = capsys.readouterr().err
+    assert "was trained on '../data.npz'" in err and "not there" in err and "--data" in err

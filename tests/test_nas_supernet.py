@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from hetsearch.cmpnas.flops import count_macs
 from hetsearch.cmpnas.models import MobileNetV3Embed, build_model
-from hetsearch.cmpnas.supernet import (ElasticMobileNetV3, SupernetConfig, arch_macs, arch_to_spec, canonical_arch,
+from hetsearch.cmpnas.nas import (ElasticMobileNetV3, SupernetConfig, arch_macs, arch_to_spec, canonical_arch,
                                        largest_arch, load_supernet, random_arch, recalibrate_bn, save_supernet,
                                        smallest_arch)
 from hetsearch.errors import ModelError
@@ -151,3 +151,21 @@ def test_save_load_supernet(tmp_path):
         assert torch.equal(net(x), net2(x))
     with pytest.raises(ModelError, match="no supernet"):
         load_supernet(tmp_path / "missing")
+
+
+def test_progressive_shrinking_phases_follow_once_for_all():
+    from hetsearch.cmpnas.nas.train import phase_of, restricted_space
+
+    phases = [phase_of(e, 10, "progressive")[0] for e in range(10)]
+    assert phases == ["full", "kernel", "kernel", "depth", "depth", "all", "all", "all", "all", "all"]
+    assert {phase_of(e, 10, "sandwich")[0] for e in range(10)} == {"all"}
+    cfg = SupernetConfig.load(TINY)
+    k = restricted_space(cfg, phase_of(1, 10, "progressive")[1])
+    assert k.kernels == cfg.kernels and k.depths == [2] and k.expands == [3] and k.widths == [1.0]
+    assert k.resolutions == [28]
+    rng = random.Random(0)
+    for _ in range(20):  # every subnet sampled in the kernel phase is the largest but for its kernels
+        a = random_arch(k, rng)
+        assert a["depths"] == [2, 2] and a["width"] == 1 and all(e == 3 for s in a["expands"] for e in s)
+    d = restricted_space(cfg, phase_of(3, 10, "progressive")[1])
+    assert d.depths == cfg.depths and d.expands == [3]

@@ -31,116 +31,16 @@ from tqdm.auto import tqdm
 
 from hetsearch.errors import DataError, HetsearchError, ModelError, SpaceMismatchError
 
-from .supernet import (ElasticMobileNetV3, SupernetConfig, _num, arch_key, arch_layers, arch_macs, arch_to_spec,
-                       canonical_arch, load_supernet, random_genome, recalibrate_bn, smallest_arch)
+from .cost import CostModel, LatencyTable, MacsCost, layer_key  # noqa: F401  (re-exported)
+from .space import (SupernetConfig, _num, arch_key, arch_macs, arch_to_spec, canonical_arch, random_genome,
+                    smallest_arch)
+from .supernet import ElasticMobileNetV3, load_supernet, recalibrate_bn
 
 log = logging.getLogger("hetsearch.nas")
 
 
 class SearchError(HetsearchError):
     """A search setting is impossible (a budget below the smallest subnet, a bad reward, …)."""
-
-
-# ----------------------------------------------------------------------------- cost models
-
-
-class CostModel:
-    """Prices a subnet arch. Subclasses set ``name`` and ``unit`` and implement :meth:`cost`."""
-
-    name = "cost"
-    unit = ""
-
-    def cost(self, arch: dict) -> float:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def describe(self) -> dict:
-        return {"name": self.name, "unit": self.unit}
-
-
-class MacsCost(CostModel):
-    """Multiply-accumulates of the extracted subnet, in millions (exact, analytic)."""
-
-    name, unit = "macs", "MMACs"
-
-    def __init__(self, space: SupernetConfig):
-        self.space = space
-
-    def cost(self, arch: dict) -> float:
-        return arch_macs(self.space, arch) / 1e6
-
-
-def layer_key(layer: dict) -> str:
-    """The lookup key of one layer in a latency table: op:CINxCOUT:kK:sS:HxW."""
-    h, w = layer["in_hw"]
-    return f"{layer['op']}:{layer['cin']}x{layer['cout']}:k{layer['k']}:s{layer['stride']}:{h}x{w}"
-
-
-class LatencyTable(CostModel):
-    """Latency in milliseconds on one device, from a profile JSON::
-
-        {"device": "pixel-7/cpu/fp32",
-         "linear": {"ms_per_mmac": 0.8, "intercept_ms": 0.3},          # or "measurements" to fit it:
-         "measurements": [{"mmacs": 1.3, "latency_ms": 1.4}, ...],      # measured models (least squares)
-         "layers": {"dw:96x96:k5:s1:7x7": 0.021, ...}}                  # optional per-layer lookup
-
-    With ``layers``, a subnet costs the sum of its layers (the linear model prices layers missing from the
-    table by their MACs, and its intercept is added once); without, the linear model prices the whole net.
-    """
-
-    name, unit = "latency", "ms"
-
-    def __init__(self, space: SupernetConfig, profile: dict | str | os.PathLike):
-        self.space = space
-        if not isinstance(profile, dict):
-            p = Path(profile)
-            try:
-                profile = json.loads(p.read_text())
-            except FileNotFoundError:
-                raise DataError(f"latency profile {p} not found") from None
-            except (OSError, json.JSONDecodeError) as exc:
-                raise DataError(f"cannot read latency profile {p}: {exc}") from exc
-        if not isinstance(profile, dict):
-            raise DataError("a latency profile must be a JSON object")
-        self.device = str(profile.get("device", "unknown"))
-        self.layers = {str(k): float(v) for k, v in (profile.get("layers") or {}).items()}
-        if "linear" in profile:
-            lin = profile["linear"]
-            try:
-                self.slope, self.intercept = float(lin["ms_per_mmac"]), float(lin.get("intercept_ms", 0.0))
-            except (KeyError, TypeError, ValueError):
-                raise DataError("latency profile: 'linear' needs ms_per_mmac (and optionally intercept_ms)") from None
-        elif profile.get("measurements"):
-            self.slope, self.intercept = self.fit(profile["measurements"])
-        elif self.layers:
-            self.slope, self.intercept = 0.0, 0.0
-        else:
-            raise DataError("latency profile needs 'linear', 'measurements' or 'layers'")
-
-    @staticmethod
-    def fit(measurements: list) -> tuple[float, float]:
-        """Least-squares latency_ms ≈ slope·mmacs + intercept over measured models."""
-        try:
-            xs = np.array([float(m["mmacs"]) for m in measurements])
-            ys = np.array([float(m["latency_ms"]) for m in measurements])
-        except (KeyError, TypeError, ValueError):
-            raise DataError("latency profile: each measurement needs 'mmacs' and 'latency_ms'") from None
-        if len(xs) == 1:
-            return float(ys[0] / max(xs[0], 1e-9)), 0.0
-        if np.ptp(xs) == 0:
-            raise DataError("latency profile: measurements need at least two different MMACs values")
-        slope, intercept = np.polyfit(xs, ys, 1)
-        return float(slope), float(intercept)
-
-    def cost(self, arch: dict) -> float:
-        layers = arch_layers(self.space, arch)
-        if self.layers:
-            total = sum(self.layers.get(layer_key(l), self.slope * l["macs"] / 1e6) for l in layers)
-            return float(total + self.intercept)
-        return float(self.slope * sum(l["macs"] for l in layers) / 1e6 + self.intercept)
-
-    def describe(self) -> dict:
-        return {"name": self.name, "unit": self.unit, "device": self.device, "ms_per_mmac": self.slope,
-                "intercept_ms": self.intercept, "layer_entries": len(self.layers)}
 
 
 # ----------------------------------------------------------------------------- rewards & evaluation
@@ -169,12 +69,12 @@ class SubnetEvaluator:
 
     def __init__(self, net: ElasticMobileNetV3, calib, val, gallery_val_emb: np.ndarray, reward: str = "heterogeneous",
                  calib_images: int = 500):
-        from .embed import embed
-        from .metrics import retrieval_metrics
+        from ..embed import embed
+        from ..metrics import recall_at_1
 
         if len(val) < 2:
             raise DataError("the search's validation split needs at least 2 images")
-        self._embed, self._metrics = embed, retrieval_metrics
+        self._embed, self._r1 = embed, recall_at_1
         self.net, self.calib, self.val, self.g_val = net, calib, val, gallery_val_emb
         self.reward_name, self.alpha = reward, parse_reward(reward)
         self.calib_images = calib_images
@@ -190,8 +90,8 @@ class SubnetEvaluator:
             sub = self.net.extract_subnet()
             recalibrate_bn(sub, self.calib, max_images=self.calib_images)
             q = self._embed(sub, self.val)
-            het = self._metrics(q, self.g_val, self.val.labels, ks=(1,))["recall_at_1"]
-            homo = self._metrics(q, q, self.val.labels, ks=(1,))["recall_at_1"]
+            het = self._r1(q, self.g_val, self.val.labels)
+            homo = self._r1(q, q, self.val.labels)
             self.cache[key] = {"het_r1": het, "homo_r1": homo, "reward": self.alpha * het + (1 - self.alpha) * homo}
             self.seconds += time.time() - t
         return dict(self.cache[key])
@@ -488,32 +388,36 @@ def budget_dirname(budget: float) -> str:
     return f"subnet-{budget:g}"
 
 
-def prepare_search_data(net_meta: dict, data, gallery_model, val_fraction: float | None, seed: int | None,
-                        max_val_samples: int, calib_images: int):
+def prepare_search_data(net_meta: dict, data, gallery, val_fraction: float | None, seed: int | None,
+                        max_val_samples: int | None, calib_images: int):
     """The validation split (carved from training data exactly as the supernet's trainer did, so the
-    supernet never trained on it), calibration images from the training part, and the gallery's
-    embeddings of the validation split."""
-    from .data import train_val_split
-    from .embed import embed
+    supernet never trained on it; the whole split unless ``max_val_samples``), calibration images from the
+    training part, and the gallery's embeddings of the validation split (cached with the gallery targets)."""
+    from ..data import train_val_split
+    from ..targets import val_embeddings
 
     tc = net_meta.get("train_config") or {}
     vf = float(val_fraction if val_fraction is not None else tc.get("val_fraction", 0.1))
     sd = int(seed if seed is not None else tc.get("seed", 0))
-    train, val = train_val_split(data, vf, sd, None, max_val_samples)
+    train, val = train_val_split(data, vf, sd, None, max_val_samples, tc.get("val_mode", "stratified"))
     if len(val) < 2:
         raise DataError(f"the validation split has {len(val)} images; search needs at least 2")
     calib = train.subset(np.random.default_rng(sd).permutation(len(train))[:calib_images], "calib")
-    return calib, val, embed(gallery_model, val)
+    gm = gallery.model
+    x_val = val.as_model_input(gm.input_size[0], gm.input_size[1], gm.in_channels)
+    g_val = val_embeddings(gm, gallery.space_id, x_val, cache_dir=tc.get("targets_cache"), gallery_path=gallery.path)
+    return calib, val, g_val
 
 
 def run_search(supernet_dir: str | os.PathLike, data, gallery, out: str | os.PathLike, budgets, *,
                reward: str = "heterogeneous", scfg: SearchConfig | None = None, random_baseline: bool = True,
-               cost_model: CostModel | None = None, max_val_samples: int = 1000, calib_images: int = 500,
+               cost_model: CostModel | None = None, max_val_samples: int | None = None, calib_images: int = 500,
                val_fraction: float | None = None, split_seed: int | None = None, save_models: bool = True,
                progress: bool = True) -> dict:
     """Search a supernet for every budget; write search.json, pareto.png and subnet-<budget>/ folders."""
-    from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
     from hetsearch.report import write_json
+
+    from ..checkpoint import Checkpoint, load_checkpoint, relative_ref, save_checkpoint
 
     t0 = time.time()
     scfg = scfg or SearchConfig()
@@ -526,7 +430,7 @@ def run_search(supernet_dir: str | os.PathLike, data, gallery, out: str | os.Pat
     cfg = net.config
     cost_model = cost_model or MacsCost(cfg)
     budgets = check_budgets(cfg, cost_model, budgets)
-    calib, val, g_val = prepare_search_data(meta, data, gck.model, val_fraction, split_seed, max_val_samples,
+    calib, val, g_val = prepare_search_data(meta, data, gck, val_fraction, split_seed, max_val_samples,
                                             calib_images)
     evaluator = SubnetEvaluator(net, calib, val, g_val, reward, calib_images)
     evo = evolutionary_search(cfg, evaluator, cost_model, budgets, scfg, progress)
@@ -535,10 +439,10 @@ def run_search(supernet_dir: str | os.PathLike, data, gallery, out: str | os.Pat
         rnd = random_search(cfg, evaluator, cost_model, budgets, evo["evaluations"], scfg.seed, progress, scfg.max_tries)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    nas_info = {"supernet": str(supernet_dir), "space_id": gck.space_id, "reward": reward,
+    nas_info = {"supernet": relative_ref(supernet_dir, out), "space_id": gck.space_id, "reward": reward,
                 "cost_model": cost_model.describe()}
     result = {
-        "kind": "cmpnas-search", "supernet": str(supernet_dir), "space_id": gck.space_id,
+        "kind": "cmpnas-search", "supernet": relative_ref(supernet_dir, out), "space_id": gck.space_id,
         "gallery_model_id": gck.name, "gallery_mmacs": gck.macs / 1e6, "reward": reward,
         "cost_model": cost_model.describe(), "budgets": budgets, "settings": asdict(scfg),
         "validation": {"images": len(val), "calib_images": len(calib), "source": val.source},
@@ -611,9 +515,9 @@ def finetune_subnet(data, supernet_dir: str | os.PathLike, subnet: Any, gallery,
                     calib_images: int = 500, progress: bool = True, resume: bool = False):
     """Extract a subnet with its inherited weights and finetune it against the gallery with ``train_query``;
     the result is an ordinary query checkpoint with ``nas`` info (supernet, arch, budget) in its meta."""
-    from .checkpoint import Checkpoint, load_checkpoint
-    from .data import train_val_split
-    from .train import TrainConfig, train_query
+    from ..checkpoint import Checkpoint, load_checkpoint, relative_ref
+    from ..data import train_val_split
+    from ..train import TrainConfig, train_query
 
     cfg = cfg or TrainConfig()
     net, meta = load_supernet(supernet_dir)
@@ -622,14 +526,12 @@ def finetune_subnet(data, supernet_dir: str | os.PathLike, subnet: Any, gallery,
     gck = gallery if isinstance(gallery, Checkpoint) else load_checkpoint(gallery, expect_kind="gallery")
     if meta.get("space_id") and meta["space_id"] != gck.space_id:
         raise SpaceMismatchError(meta["space_id"], gck.space_id, what="the supernet's embedding space")
-    if tuple(gck.model.input_size) != (arch["resolution"],) * 2:
-        log.warning("subnet resolution %d differs from the gallery's input %s: the foundation's trainer feeds the "
-                    "gallery model the query's input size while finetuning", arch["resolution"], gck.model.input_size)
     sub = net.extract_subnet(name=Path(out).name)
-    train, _ = train_val_split(data, cfg.val_fraction, cfg.seed, cfg.max_train_samples, None)
+    train, _ = train_val_split(data, cfg.val_fraction, cfg.seed, cfg.max_train_samples, None, cfg.val_mode)
     recalibrate_bn(sub, train.subset(np.arange(min(len(train), calib_images)), "calib"), max_images=calib_images)
-    nas = {"supernet": str(supernet_dir), "supernet_space_id": meta.get("space_id"), "arch": arch,
+    nas = {"supernet": relative_ref(supernet_dir, out), "supernet_space_id": meta.get("space_id"), "arch": arch,
            "mmacs": arch_macs(net.config, arch) / 1e6, "budget": info.get("budget"),
            "budget_unit": info.get("budget_unit"), "search": info.get("search"), "reward": info.get("reward"),
            "val_het_r1_inherited": info.get("val_het_r1")}
-    return train_query(data, gck, sub, out, cfg, resume=resume, progress=progress, extra_meta={"nas": nas})
+    return train_query(data, gck, sub, out, cfg, resume=resume, progress=progress,
+                       extra_meta={"nas": nas, "open_set_classes": meta.get("open_set_classes") or []})

@@ -76,76 +76,90 @@ def _ints(text: str | None, flag: str) -> list[int] | None:
 
 
 def _add_training_flags(p: argparse.ArgumentParser, epochs: int, lr: float) -> None:
-    g = p.add_argument_group("training")
-    g.add_argument("--data", default=None, help="fashion-mnist, an ImageFolder directory or an .npz (default: "
-                   "what the supernet was trained on, else fashion-mnist)")
+    """The training flags of ``train query`` (one set for every training command), plus where the data is."""
+    from ..cli import add_compat_args, add_train_args
+
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default=None, help="fashion-mnist, an ImageFolder directory or an .npz (default for "
+                   "search/finetune: what the supernet was trained on; for supernet: fashion-mnist)")
     g.add_argument("--data-dir", default=None, help="folder holding the Fashion-MNIST idx files")
-    g.add_argument("--epochs", type=int, default=epochs, help=f"default {epochs}")
-    g.add_argument("--batch-size", type=int, default=128)
-    g.add_argument("--lr", type=float, default=lr, help=f"peak learning rate (default {lr})")
-    g.add_argument("--warmup-epochs", type=float, default=0.5)
-    g.add_argument("--weight-decay", type=float, default=5e-4)
-    g.add_argument("--compat", default=None, help="compatibility loss (default: the foundation's, bct-l2)")
-    g.add_argument("--loss-weights", default=None, help="e.g. bct=1,l2=10")
-    g.add_argument("--max-train-samples", type=int, default=None, help="train on a stratified subset")
-    g.add_argument("--max-val-samples", type=int, default=2000)
-    g.add_argument("--val-fraction", type=float, default=0.1, help="share of training data held out for validation")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores or HETSEARCH_THREADS)")
-    g.add_argument("--no-augment", action="store_true")
-    g.add_argument("--resume", action="store_true", help="continue from DIR/last.pt")
-    g.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def _train_config(args):
-    from .losses import DEFAULT_COMPAT, parse_weights
-    from .train import TrainConfig
-
-    for name in ("epochs", "batch_size"):
-        if getattr(args, name) < 1:
-            raise ModelError(f"--{name.replace('_', '-')} must be >= 1")
-    if args.lr <= 0:
-        raise ModelError("--lr must be > 0")
-    if not 0 < args.val_fraction < 1:
-        raise ModelError("--val-fraction must be in (0, 1)")
-    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, warmup_epochs=args.warmup_epochs,
-                       weight_decay=args.weight_decay, seed=args.seed, val_fraction=args.val_fraction,
-                       max_train_samples=args.max_train_samples, max_val_samples=args.max_val_samples,
-                       augment=not args.no_augment, threads=args.threads, compat=args.compat or DEFAULT_COMPAT,
-                       loss_weights=parse_weights(args.loss_weights))
+    g.add_argument("--seed", type=int, default=0, help="seed for splits, shuffling and initialisation")
+    g.add_argument("--open-set-classes", default=None,
+                   help="open-set protocol: classes (indices or names) removed from all training and validation "
+                        "data (default for search/finetune: what the supernet recorded)")
+    add_compat_args(p)
+    add_train_args(p, epochs=epochs, lr=lr)
 
 
 def _gallery_from(args, meta: dict, supernet: str):
+    from ..checkpoint import resolve_ref
+
     if args.gallery:
         return args.gallery
     g = meta.get("gallery")
-    if g and Path(g).exists():
-        return g
-    raise ModelError(f"the supernet {supernet} records gallery {g!r}, which is not there; pass --gallery DIR")
+    p = resolve_ref(g, supernet) if meta.get("paths_relative_to") else (Path(g) if g else None)
+    if p is not None and p.exists():
+        return str(p)
+    raise ModelError(f"the supernet {supernet} records gallery {g!r}"
+                     + (f" (= {p}, relative to the supernet folder)" if p is not None and str(p) != g else "")
+                     + ", which is not there; pass --gallery DIR")
 
 
-def _data_name(args, meta: dict | None = None) -> str:
+def _training_data(args, meta: dict | None = None, supernet: str | None = None):
+    """The training data of a NAS step, with the open-set classes removed (the supernet's, unless given)."""
+    from ..data import load_data, open_set, parse_class_list
+
+    name = _data_name(args, meta, supernet)
+    data = load_data(name, "train", args.data_dir)
+    spec = getattr(args, "open_set_classes", None)
+    recorded = (meta or {}).get("open_set_classes") or []
+    if spec is None and recorded:
+        held = [data.classes.index(c) for c in recorded if c in data.classes]
+        if len(held) != len(recorded):
+            raise DataError(f"the supernet {supernet} holds out classes {recorded}, which the data does not all have")
+    else:
+        held = parse_class_list(spec, data)
+        if meta is not None and [data.classes[c] for c in held] != recorded:
+            raise DataError(f"--open-set-classes {spec or '(none)'} differs from the supernet's held-out classes "
+                            f"{recorded or '(none)'}: search and finetune with the supernet's data")
+    return name, open_set(data, held, "train"), [data.classes[c] for c in held]
+
+
+def _data_name(args, meta: dict | None = None, supernet: str | None = None) -> str:
+    """--data, else the data the supernet recorded; a recorded file or folder that is gone is an error."""
+    from ..checkpoint import resolve_ref
+
     if args.data:
         return args.data
-    d = (meta or {}).get("data")
-    if d and (d in ("fashion-mnist", "fashion_mnist", "fmnist") or Path(d).exists()):
-        return d
-    return "fashion-mnist"
+    if meta is None:
+        return "fashion-mnist"
+    d = meta.get("data")
+    if not d:
+        raise DataError(f"the supernet {supernet} does not record its training data; pass --data")
+    if d in ("fashion-mnist", "fashion_mnist", "fmnist") or d.startswith("fashion-mnist:"):
+        return "fashion-mnist"
+    p = resolve_ref(d, supernet) if meta.get("paths_relative_to") else Path(d)
+    if p.exists():
+        return str(p)
+    raise DataError(f"the supernet {supernet} was trained on {d!r}"
+                    + (f" (= {p}, relative to the supernet folder)" if str(p) != d else "")
+                    + ", which is not there; pass --data with the same data")
 
 
 # ----------------------------------------------------------------------------- commands
 
 
 def cmd_supernet(args) -> int:
-    from .data import load_data
-    from .nas_train import SupernetTrainConfig, default_supernet_config, train_supernet
-    from .checkpoint import load_checkpoint
-    from .supernet import SupernetConfig
+    from ..checkpoint import load_checkpoint
+    from .space import SupernetConfig
+    from .train import default_supernet_config, train_supernet
 
-    cfg = _train_config(args)
+    from ..cli import train_config
+
+    cfg = train_config(args, num_random=args.num_random, distill_weight=args.distill,
+                       calib_images=args.calib_images, schedule=args.schedule)
     gck = load_checkpoint(args.gallery, expect_kind="gallery")
-    data_name = _data_name(args)
-    data = load_data(data_name, "train", args.data_dir)
+    data_name, data, held = _training_data(args)
     imgs = data.images
     in_ch = int(imgs.shape[3] if hasattr(imgs, "shape") else imgs[0].shape[2])
     overrides = {"depths": _ints(args.depths, "--depths"), "kernels": _ints(args.kernels, "--kernels"),
@@ -157,10 +171,9 @@ def cmd_supernet(args) -> int:
         space = SupernetConfig.from_dict(base)
     else:
         space = default_supernet_config(gck.model, in_ch, **overrides)
-    ncfg = SupernetTrainConfig(num_random=args.num_random, distill_weight=args.distill, calib_images=args.calib_images)
-    out = train_supernet(data, gck, args.out, cfg, space, ncfg, resume=args.resume, progress=not args.no_progress,
-                         data_name=data_name, gallery_ref=args.gallery)
-    from .supernet import arch_macs, largest_arch, smallest_arch
+    out = train_supernet(data, gck, args.out, cfg, space, resume=args.resume, progress=not args.quiet,
+                         data_name=data_name, extra_meta={"open_set_classes": held})
+    from .space import arch_macs, largest_arch, smallest_arch
 
     print(f"supernet written to {out}  (subnets from {arch_macs(space, smallest_arch(space)) / 1e6:.3f} to "
           f"{arch_macs(space, largest_arch(space)) / 1e6:.3f} MMACs; space in {Path(out) / 'config.json'})")
@@ -170,10 +183,9 @@ def cmd_supernet(args) -> int:
 def cmd_search(args) -> int:
     from hetsearch.report import format_table
 
-    from .data import load_data
+    from ..train import set_threads
     from .search import LatencyTable, MacsCost, SearchConfig, run_search
     from .supernet import load_supernet
-    from .train import set_threads
 
     set_threads(args.threads)
     net, meta = load_supernet(args.supernet)
@@ -194,13 +206,13 @@ def cmd_search(args) -> int:
         raise ModelError(f"--budgets has a budget above the constraint {cap:g} {cost.unit}")
     if any(b <= 0 for b in budgets):
         raise ModelError("budgets must be > 0")
-    data = load_data(_data_name(args, meta), "train", args.data_dir)
+    _, data, _ = _training_data(args, meta, args.supernet)
     scfg = SearchConfig(population=args.population, generations=args.generations, parents=args.parents,
                         mutation_prob=args.mutation_prob, mutation_ratio=args.mutation_ratio, seed=args.seed)
     res = run_search(args.supernet, data, _gallery_from(args, meta, args.supernet), args.out, budgets,
                      reward=args.reward, scfg=scfg, random_baseline=not args.no_random_baseline, cost_model=cost,
                      max_val_samples=args.max_val_samples, calib_images=args.calib_images,
-                     save_models=not args.no_save_models, progress=not args.no_progress)
+                     save_models=not args.no_save_models, progress=not args.quiet)
     rows = []
     for b, best in res["best"].items():
         rnd = (res.get("random") or {}).get("best", {}).get(b)
@@ -214,15 +226,15 @@ def cmd_search(args) -> int:
 
 
 def cmd_finetune(args) -> int:
-    from .data import load_data
+    from ..cli import train_config
     from .search import finetune_subnet
     from .supernet import load_supernet
 
-    cfg = _train_config(args)
+    cfg = train_config(args)
     _, meta = load_supernet(args.supernet)
-    data = load_data(_data_name(args, meta), "train", args.data_dir)
+    _, data, _ = _training_data(args, meta, args.supernet)
     ck = finetune_subnet(data, args.supernet, args.subnet, _gallery_from(args, meta, args.supernet), args.out, cfg,
-                         calib_images=args.calib_images, progress=not args.no_progress, resume=args.resume)
+                         calib_images=args.calib_images, progress=not args.quiet, resume=args.resume)
     m = ck.meta.get("metrics", {})
     print(f"query checkpoint written to {args.out}: {ck.meta.get('mmacs', 0):.3f} MMACs, "
           f"val heterogeneous R@1 {m.get('val_heterogeneous_r1', float('nan')):.2f}, "
@@ -231,7 +243,7 @@ def cmd_finetune(args) -> int:
 
 
 def register(sub) -> None:
-    from hetsearch.cli import HelpFormatter
+    from hetsearch.cli import DefaultsHelpFormatter as HelpFormatter
 
     nas = sub.add_parser("nas", help="CMP-NAS: supernet, search, finetune", description=__doc__, epilog=NAS_EPILOG,
                          formatter_class=HelpFormatter)
@@ -252,10 +264,13 @@ def register(sub) -> None:
     s.add_argument("--widths", default=None, help="width multiplier choices (default 0.35,0.5,0.75,1.0)")
     s.add_argument("--resolutions", default=None, help="input resolution choices (default: the gallery's size)")
     w = p.add_argument_group("sandwich rule")
+    w.add_argument("--schedule", choices=("progressive", "sandwich"), default="progressive",
+                   help="progressive: Once-for-All's progressive shrinking (full net, then elastic kernel, depth, "
+                        "expand/width); sandwich: every dimension elastic from the start")
     w.add_argument("--num-random", type=int, default=2, help="random subnets per step besides largest and smallest")
     w.add_argument("--distill", type=float, default=1.0, help="weight of in-place distillation from the largest subnet")
     w.add_argument("--calib-images", type=int, default=500, help="images for BN recalibration before validation")
-    _add_training_flags(p, epochs=6, lr=0.1)
+    _add_training_flags(p, epochs=12, lr=0.1)
     p.set_defaults(func=cmd_supernet)
 
     p = nsub.add_parser("search", help="evolutionary search of a supernet under cost budgets",
@@ -270,7 +285,7 @@ def register(sub) -> None:
     p.add_argument("--gallery", default=None, help="gallery checkpoint (default: the one the supernet recorded)")
     p.add_argument("--data", default=None, help="training data to carve the validation split from "
                    "(default: what the supernet was trained on)")
-    p.add_argument("--data-dir", default=None)
+    p.add_argument("--data-dir", default=None, help="folder holding the Fashion-MNIST idx files")
     e = p.add_argument_group("evolution")
     e.add_argument("--reward", default="heterogeneous", help="heterogeneous | homogeneous | mix:A (default heterogeneous)")
     e.add_argument("--population", type=int, default=24, help="per budget (default 24)")
@@ -284,11 +299,12 @@ def register(sub) -> None:
     e.add_argument("--no-random-baseline", dest="no_random_baseline", action="store_true")
     e.add_argument("--seed", type=int, default=0)
     v = p.add_argument_group("evaluation")
-    v.add_argument("--max-val-samples", type=int, default=1000, help="validation images per evaluation")
+    v.add_argument("--max-val-samples", type=int, default=None,
+                   help="cap on validation images per evaluation (default: the whole validation split)")
     v.add_argument("--calib-images", type=int, default=500, help="training images for BN recalibration")
     v.add_argument("--no-save-models", action="store_true", help="write arch.json + spec.json only")
-    v.add_argument("--threads", type=int, default=None)
-    v.add_argument("--no-progress", action="store_true")
+    v.add_argument("--threads", type=int, default=None, help="torch threads")
+    v.add_argument("--quiet", "--no-progress", dest="quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_search, no_random_baseline=False)
 
     p = nsub.add_parser("finetune", help="finetune a searched subnet into a query checkpoint",
@@ -300,5 +316,5 @@ def register(sub) -> None:
     p.add_argument("--gallery", default=None, help="gallery checkpoint (default: the one the supernet recorded)")
     p.add_argument("--out", required=True, help="query checkpoint directory to write")
     p.add_argument("--calib-images", type=int, default=500)
-    _add_training_flags(p, epochs=3, lr=0.03)
+    _add_training_flags(p, epochs=6, lr=0.03)
     p.set_defaults(func=cmd_finetune)
