@@ -54,8 +54,17 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     pass
 
 
-class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Examples kept as written, and every option's default shown in --help."""
+class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Examples kept as written, and every option's default shown in --help (unless the help already says it,
+    or there is none to show)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        d = action.default
+        if ("default" in text.lower() or d is None or d is False or d is argparse.SUPPRESS
+                or action.option_strings == [] or isinstance(action, argparse._HelpAction)):
+            return text
+        return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -183,3 +183,16 @@ def test_open_set_on_the_command_line(tmp_path, capsys):
     assert json.loads((tmp_path / "e.json").read_text())["n_queries"] == 300
     assert main(["train", "gallery", "--open-set-classes", "11", "--out", str(tmp_path / "x")]) == 2
     assert "out of range" in capsys.readouterr().err
+
+
+def test_training_help_shows_the_defaults(capsys):
+    from hetsearch.cli import main
+
+    for argv in (["train", "query", "--help"], ["nas", "supernet", "--help"], ["nas", "finetune", "--help"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 0
+        out = " ".join(capsys.readouterr().out.split())
+        assert "--epochs EPOCHS training epochs (default:" in out and "(default: 128)" in out
+        assert "--gallery-targets {cached,live}" in out and "(default: cached)" in out
+        assert "(default: None)" not in out

@@ -9,15 +9,15 @@ from hetsearch.errors import DataError, HetsearchError, ModelError
 
 NAS_EPILOG = """\
 CMP-NAS in three steps, against a frozen gallery model:
-  hetsearch nas supernet --gallery runs/gallery --data fashion-mnist --epochs 6 --out runs/supernet
+  hetsearch nas supernet --gallery runs/gallery --data fashion-mnist --epochs 10 --out runs/supernet
   hetsearch nas search --supernet runs/supernet --max-mmacs 1.3 --budgets 0.13,0.4 --out runs/search
-  hetsearch nas finetune --subnet runs/search/subnet-0.4 --supernet runs/supernet --epochs 3 --out runs/nas-0.4
+  hetsearch nas finetune --subnet runs/search/subnet-0.4 --supernet runs/supernet --epochs 8 --out runs/nas-0.4
 Then `hetsearch eval` / `hetsearch export` take runs/nas-0.4 like any query model.
 """
 
 SUPERNET_EPILOG = """\
 examples:
-  hetsearch nas supernet --gallery runs/gallery --data fashion-mnist --epochs 6 --out runs/supernet
+  hetsearch nas supernet --gallery runs/gallery --data fashion-mnist --epochs 10 --out runs/supernet
   # a quick one on a subset, plain l2 compatibility, one random subnet per step
   hetsearch nas supernet --gallery runs/gallery --epochs 1 --max-train-samples 5000 \\
       --compat l2 --num-random 1 --out runs/supernet-quick
@@ -46,7 +46,7 @@ The reward is measured on a validation split carved from the training data, neve
 
 FINETUNE_EPILOG = """\
 examples:
-  hetsearch nas finetune --subnet runs/search/subnet-0.4 --supernet runs/supernet --epochs 3 --out runs/nas-0.4
+  hetsearch nas finetune --subnet runs/search/subnet-0.4 --supernet runs/supernet --epochs 8 --out runs/nas-0.4
   hetsearch nas finetune --subnet '{"width": 0.5, "depths": [1,2,1], "kernels": [[3],[5,5],[3]],
       "expands": [[3],[4,4],[6]]}' --supernet runs/supernet --gallery runs/gallery --out runs/nas-custom
 
@@ -270,7 +270,7 @@ def register(sub) -> None:
     w.add_argument("--num-random", type=int, default=2, help="random subnets per step besides largest and smallest")
     w.add_argument("--distill", type=float, default=1.0, help="weight of in-place distillation from the largest subnet")
     w.add_argument("--calib-images", type=int, default=500, help="images for BN recalibration before validation")
-    _add_training_flags(p, epochs=12, lr=0.1)
+    _add_training_flags(p, epochs=10, lr=0.1)
     p.set_defaults(func=cmd_supernet)
 
     p = nsub.add_parser("search", help="evolutionary search of a supernet under cost budgets",
@@ -316,5 +316,5 @@ def register(sub) -> None:
     p.add_argument("--gallery", default=None, help="gallery checkpoint (default: the one the supernet recorded)")
     p.add_argument("--out", required=True, help="query checkpoint directory to write")
     p.add_argument("--calib-images", type=int, default=500)
-    _add_training_flags(p, epochs=6, lr=0.03)
+    _add_training_flags(p, epochs=8, lr=0.03)
     p.set_defaults(func=cmd_finetune)
