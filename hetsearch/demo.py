@@ -29,11 +29,11 @@ from .report import format_table, markdown_table, read_json, write_json
 
 FULL = {
     "gallery": {"arch": "resnet-gallery", "epochs": 4, "max_train_samples": None},
-    "query": {"arch": "mbv3-small", "epochs": 8, "max_train_samples": None},
-    "supernet": {"epochs": 4, "max_train_samples": 30000, "num_random": 1},
+    "query": {"arch": "mbv3-small", "epochs": 6, "max_train_samples": None},
+    "supernet": {"epochs": 3, "max_train_samples": None, "num_random": 1},
     "search": {"budgets": [0.2, 0.401], "population": 12, "generations": 4, "max_val_samples": 2000,
                "random_baseline": True},
-    "finetune": {"epochs": 8, "max_train_samples": None},
+    "finetune": {"epochs": 6, "max_train_samples": None},
     "export": {"formats": "onnx,tflite,coreml", "precision": "fp32,int8", "check_samples": 300},
     "profile": {"runs": 30, "warmup": 5, "min_seconds": 0.5},
     "index": {"max_samples": None},

@@ -371,7 +371,7 @@ def test_export_cli_end_to_end(pair, tmp_path, capsys):
     assert "parity (cos min)" in captured.out and "onnx" in captured.out
     m = mf.load(out)
     assert m["checks"]["model-fp32.onnx"]["status"] == "passed"
-    assert m["checks"]["model-fp32.onnx"]["data"] == "fashion-mnist:train[val][check-samples]"
+    assert m["checks"]["model-fp32.onnx"]["data"] == "fashion-mnist:train[val:stratified][check-samples]"
     assert json.loads((tmp_path / "e.json").read_text())["rows"][0]["format"] == "onnx"
     assert main(["export", str(query.path), "--formats", "onnx,pb", "--out", str(out)]) == 2
     assert "unknown format 'pb'" in capsys.readouterr().err
