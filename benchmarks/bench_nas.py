@@ -52,11 +52,13 @@ def parse_args(argv=None):
     p.add_argument("--only-seeds", action="store_true", help="train and evaluate these seeds, write no report")
     p.add_argument("--hand-only", action="store_true",
                    help="only train the hand-designed models of these seeds (e.g. while the supernet trains)")
+    p.add_argument("--nas-only", action="store_true", help="only search and finetune for these seeds")
     for key, val in FULL.items():
         flag = "--" + key.replace("_", "-")
         p.add_argument(flag, type=int, default=None, help=f"default {val} ({QUICK[key]} with --quick)")
     p.add_argument("--compat", default=None, help="compatibility loss (default: the foundation's)")
     p.add_argument("--reward", default="heterogeneous")
+    p.add_argument("--tie-tolerance", type=float, default=0.3, help="see `hetsearch nas search --help`")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
@@ -80,76 +82,99 @@ def _het_homo(model, test, g_test):
     return recall_at_1(q, g_test, test.labels), recall_at_1(q, q, test.labels)
 
 
-def run_seed(args, seed: int, ctx: dict) -> list[dict]:
-    """Train/search/finetune everything of one seed (reusing finished pieces); its test rows."""
+def _cached_rows(path: Path, key: dict, fn) -> list[dict]:
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved.get("key") == key:
+            print(f"reusing {path}", flush=True)
+            return saved["rows"]
+    rows = fn()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"key": key, "rows": rows}, indent=2) + "\n")
+    return rows
+
+
+def _trained(d: Path, fn):
     from hetsearch.cmpnas.checkpoint import load_checkpoint
-    from hetsearch.cmpnas.nas.search import SearchConfig, budget_dirname, finetune_subnet, run_search
-    from hetsearch.cmpnas.train import TrainConfig, train_query
+
+    if (d / "checkpoint.pt").exists() and (d / ".done").exists():
+        return load_checkpoint(d)
+    ck = fn()
+    (d / ".done").write_text("")
+    return ck
+
+
+def _cfg(args, seed, compat_name, lr=0.1, warmup=0.5):
+    from hetsearch.cmpnas.train import TrainConfig
+
+    return TrainConfig(epochs=args.epochs, max_train_samples=args.max_train_samples, max_val_samples=args.max_val_samples,
+                       seed=seed, threads=args.threads, compat=compat_name, lr=lr, warmup_epochs=warmup)
+
+
+def run_hand(args, seed: int, ctx: dict) -> list[dict]:
+    """The hand-designed presets of one seed: trained alone, and with the compatibility loss (reused when done)."""
+    from hetsearch.cmpnas.train import train_query
 
     work = ctx["work"] / f"seed-{seed}"
-    rows_file = work / "rows.json"
-    key = {k: ctx["key"][k] for k in ctx["key"]} | {"seed": seed}
-    if rows_file.exists():
-        saved = json.loads(rows_file.read_text())
-        if saved.get("key") == key:
-            print(f"seed {seed}: reusing {rows_file}", flush=True)
-            return saved["rows"]
+    key = {k: ctx["key"][k] for k in ("gallery", "compat", "epochs", "max_train_samples", "max_val_samples",
+                                      "test_samples")} | {"seed": seed}
+
+    def go():
+        rows = []
+        for name, mm in ctx["presets"].items():
+            for method, compat, metric in ((METHODS[0], "independent", "homo"), (METHODS[1], ctx["compat"], "het")):
+                d = work / f"{name}-{compat}"
+                ck = _trained(d, lambda: train_query(ctx["train"], ctx["gallery"], name, d, _cfg(args, seed, compat),
+                                                     progress=not args.no_progress))
+                het, homo = _het_homo(ck.model, ctx["test"], ctx["g_test"])
+                rows.append({"method": method, "arch": name, "budget": ctx["budget_of"][name], "mmacs": mm,
+                             "r1": het if metric == "het" else homo, "het_r1": het, "homo_r1": homo, "seed": seed})
+        return rows
+
+    return _cached_rows(work / "rows-hand.json", key, go)
+
+
+def run_nas(args, seed: int, ctx: dict) -> list[dict]:
+    """The search of one seed (evolution + its random baseline) and the finetuning of both winners per budget."""
+    from hetsearch.cmpnas.checkpoint import load_checkpoint
+    from hetsearch.cmpnas.nas.search import SearchConfig, budget_dirname, finetune_subnet, run_search
+
+    work = ctx["work"] / f"seed-{seed}"
+    key = dict(ctx["key"]) | {"seed": seed}
     gck, train_data, test, g_test = ctx["gallery"], ctx["train"], ctx["test"], ctx["g_test"]
     progress = not args.no_progress
-    rows = []
 
-    def cfg(compat_name, lr=0.1, warmup=0.5):
-        return TrainConfig(epochs=args.epochs, max_train_samples=args.max_train_samples,
-                           max_val_samples=args.max_val_samples, seed=seed, threads=args.threads, compat=compat_name,
-                           lr=lr, warmup_epochs=warmup)
-
-    def trained(d: Path, fn):
-        if (d / "checkpoint.pt").exists() and (d / ".done").exists():
-            return load_checkpoint(d)
-        ck = fn()
-        (d / ".done").write_text("")
-        return ck
-
-    for name, mm in ctx["presets"].items():
-        d = work / f"{name}-independent"
-        ck = trained(d, lambda: train_query(train_data, gck, name, d, cfg("independent"), progress=progress))
-        het, homo = _het_homo(ck.model, test, g_test)
-        rows.append({"method": METHODS[0], "arch": name, "budget": ctx["budget_of"][name], "mmacs": mm, "r1": homo,
-                     "het_r1": het, "homo_r1": homo, "seed": seed})
-        d = work / f"{name}-{ctx['compat']}"
-        ck = trained(d, lambda: train_query(train_data, gck, name, d, cfg(ctx["compat"]), progress=progress))
-        het, homo = _het_homo(ck.model, test, g_test)
-        rows.append({"method": METHODS[1], "arch": name, "budget": ctx["budget_of"][name], "mmacs": mm, "r1": het,
-                     "het_r1": het, "homo_r1": homo, "seed": seed})
-    if args.hand_only:
-        return rows
-    se = work / "search"
-    if (se / "search.json").exists() and (se / ".done").exists():
-        search = json.loads((se / "search.json").read_text())
-    else:
-        search = run_search(ctx["supernet"], train_data, gck, se, ctx["budgets"], reward=args.reward,
-                            scfg=SearchConfig(population=args.population, generations=args.generations, seed=seed),
-                            max_val_samples=args.max_val_samples, progress=progress)
-        (se / ".done").write_text("")
-    for tag, method in (("", METHODS[3]), ("random/", METHODS[4])):
-        for b in search["budgets"]:
-            sub_dir = se / tag / budget_dirname(b)
-            if tag == "":
-                ck = load_checkpoint(sub_dir)
+    def go():
+        rows = []
+        se = work / "search"
+        if (se / "search.json").exists() and (se / ".done").exists():
+            search = json.loads((se / "search.json").read_text())
+        else:
+            search = run_search(ctx["supernet"], train_data, gck, se, ctx["budgets"], reward=args.reward,
+                                scfg=SearchConfig(population=args.population, generations=args.generations, seed=seed,
+                                                  tie_tolerance=args.tie_tolerance),
+                                max_val_samples=args.max_val_samples, progress=progress)
+            (se / ".done").write_text("")
+        for tag, method in (("", METHODS[3]), ("random/", METHODS[4])):
+            for b in search["budgets"]:
+                sub_dir = se / tag / budget_dirname(b)
+                if tag == "":
+                    ck = load_checkpoint(sub_dir)
+                    het, homo = _het_homo(ck.model, test, g_test)
+                    rows.append({"method": METHODS[2], "arch": ck.name, "budget": b, "mmacs": ck.macs / 1e6, "r1": het,
+                                 "het_r1": het, "homo_r1": homo, "seed": seed,
+                                 "val_het_r1": search["best"][f"{b:g}"]["het_r1"]})
+                ft_dir = work / f"finetune-{'random-' if tag else ''}{b:g}"
+                ck = _trained(ft_dir, lambda: finetune_subnet(train_data, ctx["supernet"], sub_dir, gck, ft_dir,
+                                                              _cfg(args, seed, ctx["compat"], lr=0.03, warmup=0.2),
+                                                              progress=progress))
                 het, homo = _het_homo(ck.model, test, g_test)
-                rows.append({"method": METHODS[2], "arch": ck.name, "budget": b, "mmacs": ck.macs / 1e6, "r1": het,
-                             "het_r1": het, "homo_r1": homo, "seed": seed,
-                             "val_het_r1": search["best"][f"{b:g}"]["het_r1"]})
-            ft_dir = work / f"finetune-{'random-' if tag else ''}{b:g}"
-            ck = trained(ft_dir, lambda: finetune_subnet(train_data, ctx["supernet"], sub_dir, gck, ft_dir,
-                                                         cfg(ctx["compat"], lr=0.03, warmup=0.2), progress=progress))
-            het, homo = _het_homo(ck.model, test, g_test)
-            rows.append({"method": method, "arch": json.dumps(ck.meta["nas"]["arch"]), "budget": b,
-                         "mmacs": ck.macs / 1e6, "r1": het, "het_r1": het, "homo_r1": homo, "seed": seed,
-                         "evaluations": search["evaluations"] if not tag else search["random"]["evaluations"]})
-    rows_file.parent.mkdir(parents=True, exist_ok=True)
-    rows_file.write_text(json.dumps({"key": key, "rows": rows}, indent=2) + "\n")
-    return rows
+                rows.append({"method": method, "arch": json.dumps(ck.meta["nas"]["arch"]), "budget": b,
+                             "mmacs": ck.macs / 1e6, "r1": het, "het_r1": het, "homo_r1": homo, "seed": seed,
+                             "evaluations": search["evaluations"] if not tag else search["random"]["evaluations"]})
+        return rows
+
+    return _cached_rows(work / "rows-nas.json", key, go)
 
 
 def aggregate(rows: list[dict], paragon_r1: float, paragon_mmacs: float) -> list[dict]:
@@ -219,15 +244,19 @@ def run(args) -> dict:
         raise HetsearchError(f"the supernet {sn} has trained {sn_meta.get('epochs_done')} of {planned} epochs (still "
                              "training, or stopped): finish it (nas supernet --resume) before searching it")
     key = {"gallery": gck.space_id, "supernet_epochs": sn_meta.get("epochs_done"), "supernet": sn.name,
-           "budgets": budgets, "compat": compat, **{k: getattr(args, k) for k in FULL}, "reward": args.reward}
+           "budgets": budgets, "compat": compat, **{k: getattr(args, k) for k in FULL}, "reward": args.reward,
+           "tie_tolerance": args.tie_tolerance}
     ctx = {"work": work, "key": key, "gallery": gck, "train": train_data, "test": test, "g_test": g_test,
            "presets": presets, "budget_of": budget_of, "budgets": budgets, "supernet": sn, "compat": compat}
     all_rows = []
     for seed in args.seed_list:
         t = time.time()
-        all_rows += run_seed(args, seed, ctx)
+        if not args.nas_only:
+            all_rows += run_hand(args, seed, ctx)
+        if not args.hand_only:
+            all_rows += run_nas(args, seed, ctx)
         print(f"seed {seed} done in {time.time() - t:.0f} s", flush=True)
-    if args.only_seeds:
+    if args.only_seeds or args.hand_only or args.nas_only:
         return {"rows": all_rows}
     table = aggregate(all_rows, paragon_r1, paragon_mmacs)
     result = {
@@ -237,7 +266,8 @@ def run(args) -> dict:
         "supernet": {"name": sn.name, "schedule": sn_meta.get("schedule", "sandwich"), "epochs": sn_meta.get("epochs_done"),
                      "train_config": {k: (sn_meta.get("train_config") or {}).get(k)
                                       for k in ("epochs", "max_train_samples", "num_random", "schedule", "seed")}},
-        "settings": {k: getattr(args, k) for k in FULL} | {"reward": args.reward, "threads": args.threads},
+        "settings": {k: getattr(args, k) for k in FULL} | {"reward": args.reward, "threads": args.threads,
+                                                            "tie_tolerance": args.tie_tolerance},
         "table": table, "rows": all_rows, "targets": targets(table, paragon_r1),
         "seconds": round(time.time() - t_start, 1),
     }

@@ -37,7 +37,8 @@ def main(argv=None) -> int:
     ap.add_argument("--gallery-epochs", type=int, default=8, help="epochs of the open-set gallery model")
     ap.add_argument("--arch", default="mbv3-small")
     ap.add_argument("--epochs", type=int, default=8)
-    ap.add_argument("--losses", default=",".join(LOSSES))
+    ap.add_argument("--losses", default=",".join(LOSSES),
+                    help="comma list of losses; PRESET@TERM=W;TERM=W sets other term weights (e.g. bct-l2@l2=100)")
     ap.add_argument("--protocols", default="closed,open")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default="runs/bench-openset")
@@ -50,6 +51,7 @@ def main(argv=None) -> int:
     from hetsearch.cmpnas.checkpoint import load_checkpoint
     from hetsearch.cmpnas.data import load_data, open_set, parse_class_list, stratified_sample
     from hetsearch.cmpnas.embed import embed
+    from hetsearch.cmpnas.losses import parse_weights
     from hetsearch.cmpnas.metrics import recall_at_1
     from hetsearch.cmpnas.train import TrainConfig, train_gallery, train_query
 
@@ -86,12 +88,13 @@ def main(argv=None) -> int:
         out = {"paragon_r1": paragon, "test_images": len(te), "train_images": len(tr), "classes_seen": tr.classes,
                "losses": {}}
         for loss in args.losses.split(","):
-            d = work / f"{name}-{args.arch}-{loss}"
+            compat, _, weights = loss.partition("@")  # e.g. bct-l2@l2=100: a preset with other term weights
+            d = work / f"{name}-{args.arch}-{loss.replace('@', '-').replace('=', '').replace(',', '-')}"
             if (d / ".done").exists():
                 ck = load_checkpoint(d)
             else:
-                ck = train_query(tr, g, args.arch, d, TrainConfig(epochs=epochs, compat=loss, threads=1, seed=args.seed),
-                                 progress=False)
+                ck = train_query(tr, g, args.arch, d, TrainConfig(epochs=epochs, compat=compat, threads=1, seed=args.seed,
+                                                                  loss_weights=parse_weights(weights.replace(";", ","))), progress=False)
                 (d / ".done").write_text("")
             q = embed(ck.model, te)
             het, hom = recall_at_1(q, g_te, te.labels), recall_at_1(q, q, te.labels)

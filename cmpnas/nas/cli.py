@@ -208,7 +208,8 @@ def cmd_search(args) -> int:
         raise ModelError("budgets must be > 0")
     _, data, _ = _training_data(args, meta, args.supernet)
     scfg = SearchConfig(population=args.population, generations=args.generations, parents=args.parents,
-                        mutation_prob=args.mutation_prob, mutation_ratio=args.mutation_ratio, seed=args.seed)
+                        mutation_prob=args.mutation_prob, mutation_ratio=args.mutation_ratio, seed=args.seed,
+                        tie_tolerance=args.tie_tolerance)
     res = run_search(args.supernet, data, _gallery_from(args, meta, args.supernet), args.out, budgets,
                      reward=args.reward, scfg=scfg, random_baseline=not args.no_random_baseline, cost_model=cost,
                      max_val_samples=args.max_val_samples, calib_images=args.calib_images,
@@ -297,6 +298,9 @@ def register(sub) -> None:
     e.add_argument("--random-baseline", dest="no_random_baseline", action="store_false",
                    help="also run random search with the same number of evaluations (the default)")
     e.add_argument("--no-random-baseline", dest="no_random_baseline", action="store_true")
+    e.add_argument("--tie-tolerance", type=float, default=0.3,
+                   help="reward points within which the costliest subnet under a budget wins (rewards closer than "
+                        "the validation noise do not rank; finetuning rewards capacity); 0: the highest reward wins")
     e.add_argument("--seed", type=int, default=0)
     v = p.add_argument_group("evaluation")
     v.add_argument("--max-val-samples", type=int, default=None,

@@ -109,12 +109,15 @@ class SearchConfig:
     mutation_ratio: float = 0.5
     seed: int = 0
     max_tries: int = 2000
+    tie_tolerance: float = 0.0  # reward points within which the costliest subnet wins (0: the highest reward)
 
     def validate(self) -> None:
         if self.population < 2:
             raise SearchError(f"--population must be >= 2, got {self.population}")
         if self.generations < 0:
             raise SearchError(f"--generations must be >= 0, got {self.generations}")
+        if self.tie_tolerance < 0:
+            raise SearchError(f"--tie-tolerance must be >= 0, got {self.tie_tolerance}")
         if not 0 < self.parents <= 1:
             raise SearchError(f"--parents must be a fraction in (0, 1], got {self.parents}")
         for name in ("mutation_prob", "mutation_ratio"):
@@ -229,9 +232,17 @@ def _rank(records) -> list[dict]:
     return sorted(records, key=lambda r: (-r["reward"], r["cost"], r["key"]))
 
 
-def best_under(records, budget: float) -> dict | None:
-    pool = [r for r in records if r["cost"] <= budget + 1e-12]
-    return _rank(pool)[0] if pool else None
+def best_under(records, budget: float, tie_tolerance: float = 0.0) -> dict | None:
+    """The winner under a budget: the highest reward; with ``tie_tolerance`` > 0, the costliest subnet (most
+    capacity for finetuning) among those whose reward is within ``tie_tolerance`` points of the best — rewards
+    closer than the validation noise do not rank, and finetuned accuracy grows with capacity."""
+    pool = _rank([r for r in records if r["cost"] <= budget + 1e-12])
+    if not pool:
+        return None
+    if tie_tolerance <= 0:
+        return pool[0]
+    tied = [r for r in pool if r["reward"] >= pool[0]["reward"] - tie_tolerance]
+    return max(tied, key=lambda r: (r["cost"], r["reward"]))
 
 
 def pareto_front(records, x: str = "mmacs", y: str = "het_r1") -> list[dict]:
@@ -305,11 +316,12 @@ def evolutionary_search(cfg: SupernetConfig, evaluate: Callable[[dict], dict], c
     bar.close()
     recs = list(records.values())
     return {"records": recs, "history": history, "budgets": budgets,
-            "best": {f"{b:g}": best_under(recs, b) for b in budgets}, "evaluations": len(recs)}
+            "best": {f"{b:g}": best_under(recs, b, scfg.tie_tolerance) for b in budgets}, "evaluations": len(recs)}
 
 
 def random_search(cfg: SupernetConfig, evaluate: Callable[[dict], dict], cost_model: CostModel, budgets,
-                  evaluations: int, seed: int = 0, progress: bool = True, max_tries: int = 2000) -> dict:
+                  evaluations: int, seed: int = 0, progress: bool = True, max_tries: int = 2000,
+                  tie_tolerance: float = 0.0) -> dict:
     """The baseline: ``evaluations`` distinct random feasible subnets, split evenly across the budgets."""
     budgets = check_budgets(cfg, cost_model, budgets)
     rng = random.Random(seed + 7919)
@@ -330,8 +342,8 @@ def random_search(cfg: SupernetConfig, evaluate: Callable[[dict], dict], cost_mo
             bar.update(1)
     bar.close()
     recs = list(records.values())
-    return {"records": recs, "budgets": budgets, "best": {f"{b:g}": best_under(recs, b) for b in budgets},
-            "evaluations": len(recs)}
+    return {"records": recs, "budgets": budgets,
+            "best": {f"{b:g}": best_under(recs, b, tie_tolerance) for b in budgets}, "evaluations": len(recs)}
 
 
 # ----------------------------------------------------------------------------- plots
@@ -436,7 +448,8 @@ def run_search(supernet_dir: str | os.PathLike, data, gallery, out: str | os.Pat
     evo = evolutionary_search(cfg, evaluator, cost_model, budgets, scfg, progress)
     rnd = None
     if random_baseline:
-        rnd = random_search(cfg, evaluator, cost_model, budgets, evo["evaluations"], scfg.seed, progress, scfg.max_tries)
+        rnd = random_search(cfg, evaluator, cost_model, budgets, evo["evaluations"], scfg.seed, progress, scfg.max_tries,
+                            scfg.tie_tolerance)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     nas_info = {"supernet": relative_ref(supernet_dir, out), "space_id": gck.space_id, "reward": reward,
