@@ -179,3 +179,16 @@ def test_supernet_paths_move_with_it_and_missing_data_is_an_error(gallery_dir, t
     assert main(search) == 2
     err = capsys.readouterr().err
     assert "was trained on '../data.npz'" in err and "not there" in err and "--data" in err
+
+
+def test_tie_tolerance_prefers_capacity_only_within_the_noise():
+    from hetsearch.cmpnas.nas.search import best_under
+
+    recs = [{"cost": 0.20, "reward": 86.8, "key": "a"}, {"cost": 0.36, "reward": 86.6, "key": "b"},
+            {"cost": 0.40, "reward": 86.3, "key": "c"}, {"cost": 0.45, "reward": 99.0, "key": "over budget"}]
+    assert best_under(recs, 0.401)["key"] == "a"  # no tolerance: the highest reward
+    assert best_under(recs, 0.401, 0.3)["key"] == "b"  # within 0.3 of the best: the costliest
+    assert best_under(recs, 0.401, 0.6)["key"] == "c"
+    assert best_under(recs, 0.1, 0.3) is None
+    with pytest.raises(SearchError, match="tie-tolerance"):
+        SearchConfig(tie_tolerance=-1).validate()
