@@ -72,13 +72,13 @@ def main(argv=None) -> int:
         protocols["closed"] = (load_checkpoint(args.gallery, expect_kind="gallery"), sub(train_all, limit), test_all)
     if "open" in args.protocols:
         tr = sub(open_set(train_all, held, "train"), limit)
-        gdir = work / "open-gallery"
+        gdir = work / "open-gallery"  # one open-set gallery model (seed 0) serves every --seed
         if (gdir / ".done").exists():
             g = load_checkpoint(gdir)
         else:
             ref = load_checkpoint(args.gallery)
             g = train_gallery(tr, ref.spec, gdir, TrainConfig(epochs=1 if args.quick else args.gallery_epochs,
-                                                              threads=1, seed=args.seed), progress=False)
+                                                              threads=1, seed=0), progress=False)
             (gdir / ".done").write_text("")
         protocols["open"] = (g, tr, open_set(test_all, held, "eval"))
     res, rows = {}, []
@@ -89,7 +89,8 @@ def main(argv=None) -> int:
                "losses": {}}
         for loss in args.losses.split(","):
             compat, _, weights = loss.partition("@")  # e.g. bct-l2@l2=100: a preset with other term weights
-            d = work / f"{name}-{args.arch}-{loss.replace('@', '-').replace('=', '').replace(',', '-')}"
+            d = work / (f"{name}-{args.arch}-{loss.replace('@', '-').replace('=', '').replace(';', '-')}"
+                        + (f"-s{args.seed}" if args.seed else ""))
             if (d / ".done").exists():
                 ck = load_checkpoint(d)
             else:
