@@ -4,7 +4,8 @@
     python -m benchmarks.run_all --quick    # smoke versions (minutes)
 
 Trains the paragon gallery model first (runs/gallery, reused when present), then runs
-bench_compat (parameter-level compatibility), bench_nas (the paper-style table), bench_export (formats,
+bench_train (cached vs live gallery targets), bench_compat (parameter-level compatibility), bench_openset
+(closed- vs open-set compatibility per loss), bench_nas (the paper-style table), bench_export (formats,
 parity, compatibility, latency), bench_server (in-process faiss vs gRPC) and bench_sdk (SDK overhead).
 A benchmark that fails is reported and the rest continue.
 """
@@ -29,21 +30,23 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--gallery", default=None, help="a trained gallery checkpoint (default: train runs/gallery)")
-    ap.add_argument("--only", default=None, help="comma list of: compat,nas,export,server,sdk")
+    ap.add_argument("--only", default=None, help="comma list of: train,compat,openset,nas,export,server,sdk")
     args = ap.parse_args(argv)
     py = sys.executable
     q = ["--quick"] if args.quick else []
     gallery = args.gallery or ("runs/gallery-quick" if args.quick else "runs/gallery")
     results = []
     if not (Path(gallery) / "checkpoint.pt").exists():
-        epochs, extra = ("1", ["--arch", "resnet-tiny", "--max-train-samples", "3000"]) if args.quick else ("12", [])
+        epochs, extra = ("1", ["--arch", "resnet-tiny", "--max-train-samples", "3000"]) if args.quick else ("10", [])
         rc, secs = run([py, "-m", "hetsearch", "train", "gallery", "--epochs", epochs, *extra, "--out", gallery])
         results.append(("train gallery", rc, secs))
         if rc:
             print("gallery training failed; stopping", file=sys.stderr)
             return rc
     plan = {
+        "train": [py, "-m", "benchmarks.bench_train", "--gallery", gallery, *q],
         "compat": [py, "-m", "benchmarks.bench_compat", "--gallery", gallery, *q],
+        "openset": [py, "-m", "benchmarks.bench_openset", "--gallery", gallery, *q],
         "nas": [py, "-m", "benchmarks.bench_nas", "--gallery", gallery, *q],
         "export": [py, "-m", "benchmarks.bench_export", "--gallery", gallery,
                    "--query", "runs/bench-compat/mbv3-small-bct-l2", *q],
