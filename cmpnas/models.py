@@ -347,11 +347,11 @@ class CosineClassifier(nn.Module):
     """
 
     def __init__(self, embed_dim: int, num_classes: int, scale: float = 16.0, margin: float = 0.0,
-                 margin_type: str = "none"):
+                 margin_type: str = "none", generator: torch.Generator | None = None):
         super().__init__()
         if margin_type not in ("none", "arcface", "cosface"):
             raise ModelError(f"unknown margin type {margin_type!r}")
-        self.weight = nn.Parameter(torch.randn(num_classes, embed_dim) * 0.01)
+        self.weight = nn.Parameter(torch.randn(num_classes, embed_dim, generator=generator) * 0.01)
         self.scale, self.margin, self.margin_type = float(scale), float(margin), margin_type
 
     @property

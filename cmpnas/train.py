@@ -246,14 +246,11 @@ def fit(step, train: ImageSet, val: ImageSet, out: str | Path, cfg: TrainConfig,
     if gallery is not None and dim != gallery.model.embed_dim:
         raise ModelError(f"query embedding dim {dim} != gallery embedding dim {gallery.model.embed_dim}; a compatible "
                          "query model must embed into the gallery's space (pass --embed-dim)")
-    head = CosineClassifier(gallery.model.embed_dim if gallery else step.trainable()[0].embed_dim, train.num_classes,
-                            cfg.head_scale, cfg.margin, cfg.margin_type)
     # The model's own classifier starts from its own draw: a gallery model and a query model trained with the same
     # seed would otherwise start from identical class vectors, a hidden coupling that makes even an "independent"
     # query model partly compatible with the gallery.
-    with torch.no_grad():
-        g = torch.Generator().manual_seed(cfg.seed * 7919 + (104729 if gallery is not None else 0) + 13)
-        head.weight.copy_(torch.randn(head.weight.shape, generator=g) * 0.01)
+    head_gen = torch.Generator().manual_seed(cfg.seed * 7919 + (104729 if gallery is not None else 0) + 13)
+    head = CosineClassifier(dim, train.num_classes, cfg.head_scale, cfg.margin, cfg.margin_type, generator=head_gen)
     trainable = step.trainable() + ([head] if loss.needs_own_head else [])
     opt = torch.optim.SGD(param_groups(trainable, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
 
