@@ -8,10 +8,10 @@ and reused by every run:
 * **Views.** Each training image gets ``views`` fixed views: the image itself, its horizontal flip, and
   ``views - 2`` random shift/flip views (shifts up to ``pad`` pixels, zero fill — the same transform as the
   live augmentation), drawn once from ``seed``. A view is three small integers (flip, dy, dx).
-* **Cache.** The gallery embeddings of all views of all training images, plus the gallery embeddings of the
-  whole validation split, stored under a key made of the gallery's space id, a digest of the exact training
-  and validation pixels (so the data, its split, the subset and the input size are all part of it) and the
-  view settings. A changed key builds a new entry (with a progress bar); an unchanged one loads in a moment.
+* **Cache.** The gallery embeddings of all views of all training images, stored under a key made of the
+  gallery's space id, a digest of the exact training pixels (so the data, its split, the subset and the input
+  size are all part of it) and the view settings; the gallery embeddings of the whole validation split in an
+  entry of their own (``val-<key>.npy``, keyed by the validation pixels), which the search reuses. A changed key builds a new entry (with a progress bar); an unchanged one loads in a moment.
 * **Use.** Each step samples one cached view per image, builds that view of the image for the query model and
   takes the gallery's embedding of the same view from the cache.
 
@@ -36,9 +36,11 @@ import torch
 
 from hetsearch.errors import DataError
 
+from .embed import embed
+
 log = logging.getLogger("hetsearch.targets")
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: validation embeddings live in their own entry (val-<key>.npy)
 ENV_CACHE = "HETSEARCH_TARGETS_CACHE"
 
 
@@ -156,8 +158,7 @@ def val_embeddings(gallery_model, space_id: str, x_val: np.ndarray, *, cache_dir
                 return v
         except (OSError, ValueError) as exc:
             log.warning("cached validation embeddings %s unreadable (%s): recomputing", f, exc)
-    ident = np.zeros((len(x_val), 1, 3), np.int16)
-    v = _embed_views(gallery_model, x_val, ident, 0, 500, False)[:, 0]
+    v = embed(gallery_model, x_val)
     try:
         root.mkdir(parents=True, exist_ok=True)
         tmp = root / f".val-{key}.{os.getpid()}.npy"
@@ -194,38 +195,32 @@ def load_or_build(gallery_model, space_id: str, x_train: np.ndarray, x_val: np.n
     ``x_train``/``x_val`` are uint8 N×C×H×W at the gallery model's input size."""
     spec.validate()
     t0 = time.time()
-    key_src = {"format": CACHE_FORMAT, "space_id": space_id, "train": _digest(x_train), "val": _digest(x_val),
-               "views": asdict(spec)}
+    key_src = {"format": CACHE_FORMAT, "space_id": space_id, "train": _digest(x_train), "views": asdict(spec)}
     key = hashlib.sha256(json.dumps(key_src, sort_keys=True).encode()).hexdigest()[:20]
     root = Path(cache_dir) if cache_dir else default_cache_dir(gallery_path)
     folder = root / key
     params = view_params(len(x_train), spec)
+    val = val_embeddings(gallery_model, space_id, x_val, cache_dir=root)
     if (folder / "meta.json").exists():
         try:
             train = np.load(folder / "train.npy")
-            val = np.load(folder / "val.npy")
-            if train.shape[:2] != params.shape[:2] or val.shape[0] != len(x_val):
-                raise ValueError(f"shapes {train.shape} / {val.shape} do not fit the data")
+            if train.shape[:2] != params.shape[:2]:
+                raise ValueError(f"shape {train.shape} does not fit {params.shape[0]} images x {spec.views} views")
             log.info("gallery targets: reusing %s", folder)
-            return GalleryTargets(params, np.asarray(train), val, spec, key, folder, False, time.time() - t0)
+            return GalleryTargets(params, train, val, spec, key, folder, False, time.time() - t0)
         except (OSError, ValueError) as exc:
             log.warning("gallery targets cache %s is unreadable (%s): rebuilding it", folder, exc)
             shutil.rmtree(folder, ignore_errors=True)
     if progress:
-        print(f"gallery targets: embedding {len(x_train)} training images x {spec.views} views and "
-              f"{len(x_val)} validation images with the frozen gallery model, once (cache {folder})", flush=True)
+        print(f"gallery targets: embedding {len(x_train)} training images x {spec.views} views with the frozen "
+              f"gallery model, once (cache {folder})", flush=True)
     train = _embed_views(gallery_model, x_train, params, spec.pad, batch_size, progress)
-    ident = np.zeros((len(x_val), 1, 3), np.int16)
-    ident[:, :, 1:] = spec.pad
-    val = _embed_views(gallery_model, x_val, ident, spec.pad, batch_size, False)[:, 0] if len(x_val) else \
-        np.zeros((0, int(gallery_model.embed_dim)), np.float32)
     try:
         root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
         np.save(tmp / "train.npy", train)
-        np.save(tmp / "val.npy", val)
         (tmp / "meta.json").write_text(json.dumps({**key_src, "key": key, "train_images": len(x_train),
-                                                   "val_images": len(x_val), "embed_dim": int(train.shape[-1]),
+                                                   "embed_dim": int(train.shape[-1]),
                                                    "input_shape": list(x_train.shape[1:]),
                                                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                                    **(describe or {})}, indent=2) + "\n")
