@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hetsearch.errors import DataError, HetsearchError, ModelError
+from hetsearch.errors import DataError, ModelError
 
 NAS_EPILOG = """\
 CMP-NAS in three steps, against a frozen gallery model:

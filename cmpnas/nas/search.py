@@ -34,7 +34,7 @@ from hetsearch.errors import DataError, HetsearchError, ModelError, SpaceMismatc
 from .cost import CostModel, LatencyTable, MacsCost, layer_key  # noqa: F401  (re-exported)
 from .space import (SupernetConfig, _num, arch_key, arch_macs, arch_to_spec, canonical_arch, random_genome,
                     smallest_arch)
-from .supernet import ElasticMobileNetV3, load_supernet, recalibrate_bn
+from .supernet import ElasticMobileNetV3, calib_subset, evaluate_subnet, load_supernet, recalibrate_bn
 
 log = logging.getLogger("hetsearch.nas")
 
@@ -69,12 +69,8 @@ class SubnetEvaluator:
 
     def __init__(self, net: ElasticMobileNetV3, calib, val, gallery_val_emb: np.ndarray, reward: str = "heterogeneous",
                  calib_images: int = 500):
-        from ..embed import embed
-        from ..metrics import recall_at_1
-
         if len(val) < 2:
             raise DataError("the search's validation split needs at least 2 images")
-        self._embed, self._r1 = embed, recall_at_1
         self.net, self.calib, self.val, self.g_val = net, calib, val, gallery_val_emb
         self.reward_name, self.alpha = reward, parse_reward(reward)
         self.calib_images = calib_images
@@ -86,13 +82,8 @@ class SubnetEvaluator:
         key = arch_key(a)
         if key not in self.cache:
             t = time.time()
-            self.net.set_active_subnet(a)
-            sub = self.net.extract_subnet()
-            recalibrate_bn(sub, self.calib, max_images=self.calib_images)
-            q = self._embed(sub, self.val)
-            het = self._r1(q, self.g_val, self.val.labels)
-            homo = self._r1(q, q, self.val.labels)
-            self.cache[key] = {"het_r1": het, "homo_r1": homo, "reward": self.alpha * het + (1 - self.alpha) * homo}
+            r = evaluate_subnet(self.net, a, self.calib, self.val, self.g_val, self.calib_images)
+            self.cache[key] = {**r, "reward": self.alpha * r["het_r1"] + (1 - self.alpha) * r["homo_r1"]}
             self.seconds += time.time() - t
         return dict(self.cache[key])
 
@@ -414,7 +405,7 @@ def prepare_search_data(net_meta: dict, data, gallery, val_fraction: float | Non
     train, val = train_val_split(data, vf, sd, None, max_val_samples, tc.get("val_mode", "stratified"))
     if len(val) < 2:
         raise DataError(f"the validation split has {len(val)} images; search needs at least 2")
-    calib = train.subset(np.random.default_rng(sd).permutation(len(train))[:calib_images], "calib")
+    calib = calib_subset(train, calib_images, sd)
     gm = gallery.model
     x_val = val.as_model_input(gm.input_size[0], gm.input_size[1], gm.in_channels)
     g_val = val_embeddings(gm, gallery.space_id, x_val, cache_dir=tc.get("targets_cache"), gallery_path=gallery.path)

@@ -221,6 +221,28 @@ def recalibrate_bn(model: nn.Module, images, batch_size: int = 250, max_images: 
     return int(len(x))
 
 
+def calib_subset(train, images: int, seed: int):
+    """The training images BatchNorm is recalibrated on: a seeded random ``images`` of them."""
+    return train.subset(np.random.default_rng(seed).permutation(len(train))[:images], "calib")
+
+
+def evaluate_subnet(net: ElasticMobileNetV3, arch: dict, calib, val, g_val: np.ndarray | None,
+                    calib_images: int) -> dict:
+    """Extract ``arch``, recalibrate its BatchNorm on ``calib`` and measure leave-one-out R@1 on ``val``:
+    homogeneous, and heterogeneous against the gallery's ``g_val`` when given. Leaves ``arch`` active."""
+    from ..embed import embed
+    from ..metrics import recall_at_1
+
+    net.set_active_subnet(arch)
+    sub = net.extract_subnet()
+    recalibrate_bn(sub, calib, max_images=calib_images)
+    q = embed(sub, val)
+    out = {"homo_r1": recall_at_1(q, q, val.labels)}
+    if g_val is not None:
+        out["het_r1"] = recall_at_1(q, g_val, val.labels)
+    return out
+
+
 # ----------------------------------------------------------------------------- persistence
 
 

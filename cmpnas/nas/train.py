@@ -36,12 +36,10 @@ from hetsearch.errors import ModelError
 from .. import losses as L
 from ..checkpoint import Checkpoint, load_checkpoint, relative_ref
 from ..data import ImageSet, train_val_split
-from ..embed import embed
-from ..metrics import recall_at_1
 from ..models import resize_batch
 from ..train import GallerySide, TrainConfig, fit
 from .space import SupernetConfig, arch_macs, largest_arch, random_genome, smallest_arch
-from .supernet import ElasticMobileNetV3, recalibrate_bn, save_supernet
+from .supernet import ElasticMobileNetV3, calib_subset, evaluate_subnet, save_supernet
 
 log = logging.getLogger("hetsearch.nas")
 
@@ -81,13 +79,10 @@ def validate_subnets(net: ElasticMobileNetV3, archs: dict, calib: ImageSet, val:
     saved = net.active_arch()
     try:
         for name, arch in archs.items():
-            net.set_active_subnet(arch)
-            sub = net.extract_subnet()
-            recalibrate_bn(sub, calib, max_images=calib_images)
-            q = embed(sub, val)
-            out[f"val_{name}_homogeneous_r1"] = recall_at_1(q, q, val.labels)
-            if g_val is not None:
-                out[f"val_{name}_heterogeneous_r1"] = recall_at_1(q, g_val, val.labels)
+            r = evaluate_subnet(net, arch, calib, val, g_val, calib_images)
+            out[f"val_{name}_homogeneous_r1"] = r["homo_r1"]
+            if "het_r1" in r:
+                out[f"val_{name}_heterogeneous_r1"] = r["het_r1"]
     finally:
         net.set_active_subnet(saved)
     return out
@@ -199,7 +194,7 @@ def train_supernet(data: ImageSet, gallery: str | Path | Checkpoint, out: str | 
     train, val = train_val_split(data, cfg.val_fraction, cfg.seed, cfg.max_train_samples, cfg.max_val_samples,
                                  cfg.val_mode)
     net = ElasticMobileNetV3(space)
-    calib = train.subset(np.random.default_rng(cfg.seed).permutation(len(train))[:cfg.calib_images], "calib")
+    calib = calib_subset(train, cfg.calib_images, cfg.seed)
     big, small = largest_arch(space), smallest_arch(space)
     data_ref = data_name or data.source
     if data_name and Path(data_name).exists():
