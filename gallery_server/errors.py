@@ -6,7 +6,7 @@ service turns ``code`` (a ``grpc.StatusCode`` name) into the status it returns.
 
 from __future__ import annotations
 
-from hetsearch.errors import HetsearchError, SpaceMismatchError
+from hetsearch.errors import HetsearchError, SpaceMismatchError, shown  # noqa: F401 - shown is re-exported
 
 
 class StoreError(HetsearchError):
@@ -70,6 +70,6 @@ class SpaceMismatch(StoreError, SpaceMismatchError):
         self.got = got
         Exception.__init__(
             self,
-            f"{what} is from embedding space {got!r} but gallery {gallery!r} holds space {expected!r}; "
+            f"{what} is from embedding space {shown(got)} but gallery {gallery!r} holds space {expected!r}; "
             "a query model is compatible only with the gallery model it was trained against",
         )

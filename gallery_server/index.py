@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-from .errors import InvalidArgument
+from .errors import InvalidArgument, shown
 
 METRICS = {"cosine": faiss.METRIC_INNER_PRODUCT, "ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
 DEFAULT_EF_SEARCH = 64
@@ -57,12 +57,13 @@ def _apply_threads() -> None:
 def make_faiss_index(dim: int, metric: str, factory: str):
     """``faiss.index_factory`` with a precise error for a bad string."""
     if metric not in METRICS:
-        raise InvalidArgument(f"metric must be one of {sorted(METRICS)}, got {metric!r}")
+        raise InvalidArgument(f"metric must be one of {sorted(METRICS)}, got {shown(metric)}")
     try:
         return faiss.index_factory(int(dim), factory, METRICS[metric])
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "rejected"
-        raise InvalidArgument(f"index_factory {factory!r} is not a valid faiss index for dim {dim}: {first}") from None
+        raise InvalidArgument(f"index_factory {shown(factory)} is not a valid faiss index for dim {dim}: "
+                              f"{first[:200]}") from None
 
 
 def train_threshold(index) -> int:

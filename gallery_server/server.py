@@ -72,6 +72,7 @@ class ServerConfig:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_batch_queries: int = 4096
     max_upsert_vectors: int = 100_000
+    max_batch_results: int = 1_000_000  # queries x k of one BatchSearch (~12 MB of ids and scores)
     fsync: bool = True
     auto_snapshot_bytes: int = 1 << 30  # snapshot a gallery in the background once its log passes this
     grace_s: float = 10.0
@@ -86,7 +87,8 @@ class GalleryServer:
         self.metrics = Metrics(self.store)
         self.health = health.HealthServicer()
         self.servicer = GalleryServicer(self.store, self.metrics, max_batch_queries=config.max_batch_queries,
-                                        max_upsert_vectors=config.max_upsert_vectors)
+                                        max_upsert_vectors=config.max_upsert_vectors,
+                                        max_batch_results=config.max_batch_results)
         self.grpc_server = None
         self.port: int | None = None
         self.metrics_port: int | None = None

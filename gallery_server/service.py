@@ -25,6 +25,8 @@ from .store import GalleryInfo, GalleryStore
 
 log = logging.getLogger("hetsearch.gallery_server.service")
 
+MAX_STATUS_MESSAGE = 2000
+MAX_META_VALUE = 256
 STATES = {"READY": pb.GALLERY_STATE_READY, "LOADING": pb.GALLERY_STATE_LOADING,
           "UNAVAILABLE": pb.GALLERY_STATE_UNAVAILABLE}
 
@@ -54,10 +56,14 @@ def _rpc(fn):
             meta = [("hetsearch-error", exc.kind)]
             if isinstance(exc, SpaceMismatch):
                 meta += [("hetsearch-expected-space", exc.expected), ("hetsearch-got-space", exc.got)]
-            context.set_trailing_metadata(meta)
+            # clipped: gRPC's metadata (which carries the status message) is limited to 8 KB by default
+            context.set_trailing_metadata([(k, v[:MAX_META_VALUE]) for k, v in meta])
             if code in ("INTERNAL", "DATA_LOSS"):
                 log.error(event("rpc_failed", method=method, code=code, error=exc))
-            context.abort(getattr(grpc.StatusCode, code), str(exc))
+            msg = str(exc)
+            if len(msg) > MAX_STATUS_MESSAGE:
+                msg = msg[:MAX_STATUS_MESSAGE] + f"… (message clipped from {len(msg)} characters)"
+            context.abort(getattr(grpc.StatusCode, code), msg)
         except Exception as exc:  # noqa: BLE001 - the client gets a status, never a traceback
             code = "INTERNAL"
             ref = uuid.uuid4().hex[:12]
@@ -98,10 +104,11 @@ def _result(ids, scores, metadata) -> pb.SearchResult:
 
 class GalleryServicer(pb_grpc.GalleryServiceServicer):
     def __init__(self, store: GalleryStore, metrics, max_batch_queries: int = 4096,
-                 max_upsert_vectors: int = 100_000):
+                 max_upsert_vectors: int = 100_000, max_batch_results: int = 1_000_000):
         self.store = store
         self.metrics = metrics
         self.max_batch_queries = max_batch_queries
+        self.max_batch_results = max_batch_results
         self.max_upsert_vectors = max_upsert_vectors
         self.serving = False
 
@@ -137,16 +144,18 @@ class GalleryServicer(pb_grpc.GalleryServiceServicer):
         if n > self.max_upsert_vectors:
             raise ResourceExhausted(f"upsert of {n} vectors exceeds the limit of {self.max_upsert_vectors} "
                                     "per request; split it")
-        seq, count = g.upsert(np.fromiter(request.ids, dtype=np.int64, count=n), _floats(request.vectors),
-                              list(request.metadata), space_id=request.space_id, deadline=deadline)
-        return pb.UpsertResponse(upserted=n, vector_count=count, seq=seq)
+        ids = np.fromiter(request.ids, dtype=np.int64, count=n)
+        seq, count = g.upsert(ids, _floats(request.vectors), list(request.metadata), space_id=request.space_id,
+                              deadline=deadline)
+        # within one request the last occurrence of an id wins: count ids, not occurrences
+        return pb.UpsertResponse(upserted=len(np.unique(ids)), vector_count=count, seq=seq)
 
     @_rpc
     def Delete(self, request, context, deadline):
         g = self.store.get(request.gallery)
-        seq, deleted, count = g.delete(np.fromiter(request.ids, dtype=np.int64, count=len(request.ids)),
-                                       deadline=deadline)
-        return pb.DeleteResponse(deleted=deleted, not_found=len(request.ids) - deleted, vector_count=count, seq=seq)
+        ids = np.fromiter(request.ids, dtype=np.int64, count=len(request.ids))
+        seq, deleted, count = g.delete(ids, deadline=deadline)
+        return pb.DeleteResponse(deleted=deleted, not_found=len(np.unique(ids)) - deleted, vector_count=count, seq=seq)
 
     @_rpc
     def Snapshot(self, request, context, deadline):
@@ -179,6 +188,9 @@ class GalleryServicer(pb_grpc.GalleryServiceServicer):
         nq = total // g.spec.dim
         if nq > self.max_batch_queries:
             raise ResourceExhausted(f"batch of {nq} queries exceeds the limit of {self.max_batch_queries}; split it")
+        if nq * request.k > self.max_batch_results:
+            raise ResourceExhausted(f"batch of {nq} queries x k={request.k} asks for {nq * request.k} results, over "
+                                    f"the limit of {self.max_batch_results} per request; split the batch or lower k")
         out = g.search(_floats(request.embeddings), request.k, space_id=request.space_id, deadline=deadline,
                        **_params(request.params))
         return pb.BatchSearchResponse(results=[_result(*r) for r in out])

@@ -47,18 +47,24 @@ from hetsearch.space import parse_space_id
 
 from . import wal as wallog
 from .errors import (AlreadyExists, DataDirInUse, DeadlineExceeded, GalleryCorrupt, InvalidArgument, NotFound,
-                     SpaceMismatch, StoreError, Unavailable)
+                     SpaceMismatch, StoreError, Unavailable, shown)
 from .index import METRICS, RWLock, SearchKnobs, VectorIndex, make_faiss_index
 from .logfmt import event
 
 log = logging.getLogger("hetsearch.gallery_server.store")
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # fullmatch: "$" would accept a trailing newline
 SNAP_MAGIC = b"HSSNAP01"
 SNAP_END = b"HSEND001"
 SPEC_FILE = "gallery.json"
 READY, LOADING, UNAVAILABLE = "READY", "LOADING", "UNAVAILABLE"
 MAX_K = 10_000
+# Per-request knobs that size memory: HNSW allocates a candidate heap of efSearch entries per query (2^31 - 1 made
+# the server grow past 17 GB), IVF visits at most nlist lists whatever nprobe says. 65,536 candidates is 64x the
+# efSearch where recall saturates on our galleries and costs 512 KB per searching thread.
+MAX_EF_SEARCH = 1 << 16
+MAX_NPROBE = 1 << 20
+MAX_NORM = 1e18  # un-normalised metrics: squared norms up to 1e36 stay finite in float32
 
 
 # --------------------------------------------------------------------------- helpers
@@ -149,8 +155,8 @@ def snapshot_seq(path: Path) -> int | None:
 def check_name(name: str) -> str:
     if not name:
         raise InvalidArgument("gallery name is required")
-    if not NAME_RE.match(name):
-        raise InvalidArgument(f"invalid gallery name {name!r}: use 1-128 letters, digits, '_', '-' or '.', "
+    if not NAME_RE.fullmatch(name):
+        raise InvalidArgument(f"invalid gallery name {shown(name)}: use 1-128 letters, digits, '_', '-' or '.', "
                               "starting with a letter or digit")
     return name
 
@@ -170,12 +176,18 @@ def check_vectors(values, dim: int, what: str, normalise: bool) -> np.ndarray:
         bad = int(np.flatnonzero(~np.isfinite(arr).all(axis=1))[0])
         raise InvalidArgument(f"{what} row {bad} contains NaN or Inf")
     arr = np.array(arr, dtype=np.float32, order="C", copy=True)
+    wide = arr.astype(np.float64)
+    norms = np.linalg.norm(wide, axis=1)
     if normalise:
-        norms = np.linalg.norm(arr.astype(np.float64), axis=1)
-        if (norms == 0).any() or not np.isfinite(norms).all():
-            bad = int(np.flatnonzero((norms == 0) | ~np.isfinite(norms))[0])
-            raise InvalidArgument(f"{what} row {bad} has zero (or overflowing) norm; cosine needs a direction")
-        arr /= norms[:, None].astype(np.float32)
+        if (norms == 0).any():
+            bad = int(np.flatnonzero(norms == 0)[0])
+            raise InvalidArgument(f"{what} row {bad} is a zero vector; cosine needs a direction")
+        # in float64: a float32 norm of 3e38-sized components overflows and would turn the row into zeros
+        arr = (wide / norms[:, None]).astype(np.float32)
+    elif (norms > MAX_NORM).any():
+        bad = int(np.flatnonzero(norms > MAX_NORM)[0])
+        raise InvalidArgument(f"{what} row {bad} has norm {norms[bad]:.3g}; inner products and distances of "
+                              f"vectors beyond {MAX_NORM:.0e} overflow float32")
     return arr
 
 
@@ -481,8 +493,11 @@ class Gallery:
             raise InvalidArgument(f"k must be a positive integer, got {k}")
         if k > MAX_K:
             raise InvalidArgument(f"k={k} is larger than the maximum {MAX_K}")
-        if ef_search < 0 or nprobe < 0:
-            raise InvalidArgument("search params must be >= 0")
+        if not 0 <= ef_search <= MAX_EF_SEARCH:
+            raise InvalidArgument(f"hnsw_ef_search={ef_search} is out of range: 0 (the gallery's default) to "
+                                  f"{MAX_EF_SEARCH}")
+        if not 0 <= nprobe <= MAX_NPROBE:
+            raise InvalidArgument(f"ivf_nprobe={nprobe} is out of range: 0 (the gallery's default) to {MAX_NPROBE}")
         q = check_vectors(queries, self.spec.dim, "query", self.spec.metric == "cosine")
         knobs = SearchKnobs(ef_search=ef_search or self.spec.ef_search, nprobe=nprobe or self.spec.nprobe)
         out = []
@@ -627,9 +642,10 @@ class GalleryStore:
         metric = metric or "cosine"
         index_factory = (index_factory or "Flat").strip()
         if metric not in METRICS:
-            raise InvalidArgument(f"metric must be one of {sorted(METRICS)}, got {metric!r}")
-        if ef_search < 0 or nprobe < 0 or ef_search > 1 << 16 or nprobe > 1 << 20:
-            raise InvalidArgument("default search params out of range")
+            raise InvalidArgument(f"metric must be one of {sorted(METRICS)}, got {shown(metric)}")
+        if not (0 <= ef_search <= MAX_EF_SEARCH and 0 <= nprobe <= MAX_NPROBE):
+            raise InvalidArgument(f"default search params out of range: hnsw_ef_search 0..{MAX_EF_SEARCH}, "
+                                  f"ivf_nprobe 0..{MAX_NPROBE}; got {ef_search} and {nprobe}")
         make_faiss_index(space["dim"], metric, index_factory)  # validates the factory string
         spec = GallerySpec(name=name, space_id=space_id, dim=space["dim"], metric=metric,
                            index_factory=index_factory, ef_search=int(ef_search), nprobe=int(nprobe),
@@ -707,5 +723,5 @@ def open_offline(data_dir, create: bool = True, fsync: bool = True) -> GallerySt
     return store
 
 
-__all__ = ["GalleryStore", "Gallery", "GallerySpec", "GalleryInfo", "open_offline", "MAX_K",
-           "atomic_write", "read_snapshot", "write_snapshot", "check_vectors"]
+__all__ = ["GalleryStore", "Gallery", "GallerySpec", "GalleryInfo", "open_offline", "MAX_K", "MAX_EF_SEARCH",
+           "MAX_NPROBE", "atomic_write", "read_snapshot", "write_snapshot", "check_vectors"]

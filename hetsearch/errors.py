@@ -5,6 +5,16 @@ line prints its message (no traceback) and exits with ``exit_code``.
 """
 
 
+def shown(value, limit: int = 64) -> str:
+    """``repr`` of a user-supplied string for an error message, clipped to ``limit`` characters: a message that
+    echoes a 20,000-character gallery name would overflow gRPC's metadata limits and reach the client as
+    RESOURCE_EXHAUSTED instead of itself."""
+    text = str(value)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}… ({len(text)} characters)"
+
+
 class HetsearchError(Exception):
     """Base class: a problem the user can act on. The message says what and where."""
 

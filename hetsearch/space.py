@@ -12,7 +12,9 @@ from __future__ import annotations
 import hashlib
 import re
 
-SPACE_ID_RE = re.compile(r"^sp1-d(?P<dim>[0-9]+)-(?P<norm>[nu])-(?P<digest>[0-9a-f]{20})$")
+from .errors import shown
+
+SPACE_ID_RE = re.compile(r"sp1-d(?P<dim>[0-9]+)-(?P<norm>[nu])-(?P<digest>[0-9a-f]{20})")  # fullmatch only
 
 
 def space_id_from_digest(weights_sha256: str, dim: int, normalized: bool = True) -> str:
@@ -31,11 +33,11 @@ def space_id_from_digest(weights_sha256: str, dim: int, normalized: bool = True)
 
 def parse_space_id(space_id: str) -> dict:
     """Split a space id into ``dim``, ``normalized`` and ``digest``; ValueError if malformed."""
-    m = SPACE_ID_RE.match(space_id or "")
+    m = SPACE_ID_RE.fullmatch(space_id or "")
     if not m:
-        raise ValueError(f"not a hetsearch space id: {space_id!r} (expected sp1-d<dim>-<n|u>-<20 hex>)")
+        raise ValueError(f"not a hetsearch space id: {shown(space_id)} (expected sp1-d<dim>-<n|u>-<20 hex>)")
     return {"dim": int(m["dim"]), "normalized": m["norm"] == "n", "digest": m["digest"]}
 
 
 def is_space_id(value: str) -> bool:
-    return bool(SPACE_ID_RE.match(value or ""))
+    return bool(SPACE_ID_RE.fullmatch(value or ""))
