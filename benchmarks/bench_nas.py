@@ -21,6 +21,7 @@ Writes OUT/nas.json, OUT/nas.md and OUT/nas.png (R@1 vs MMACs with error bars).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import statistics
@@ -98,13 +99,27 @@ def _cached_rows(path: Path, key: dict, fn) -> list[dict]:
     return rows
 
 
-def _trained(d: Path, fn):
+def _done(d: Path, key: dict) -> bool:
+    """Whether stage ``d`` finished under exactly ``key`` (its ``.done`` holds the key it was made with)."""
+    try:
+        return json.loads((d / ".done").read_text()) == key
+    except (OSError, ValueError):
+        return False
+
+
+def _mark_done(d: Path, key: dict) -> None:
+    (d / ".done").write_text(json.dumps(key, sort_keys=True) + "\n")
+
+
+def _trained(d: Path, key: dict, fn):
+    """A stage that writes a checkpoint: reused only when it finished under the same key (a changed supernet,
+    gallery or setting retrains it instead of silently reusing a model made for another configuration)."""
     from hetsearch.cmpnas.checkpoint import load_checkpoint
 
-    if (d / "checkpoint.pt").exists() and (d / ".done").exists():
+    if (d / "checkpoint.pt").exists() and _done(d, key):
         return load_checkpoint(d)
     ck = fn()
-    (d / ".done").write_text("")
+    _mark_done(d, key)
     return ck
 
 
@@ -128,7 +143,7 @@ def run_hand(args, seed: int, ctx: dict) -> list[dict]:
         for name, mm in ctx["presets"].items():
             for method, compat, metric in ((METHODS[0], "independent", "homo"), (METHODS[1], ctx["compat"], "het")):
                 d = work / f"{name}-{compat}"
-                ck = _trained(d, lambda: train_query(ctx["train"], ctx["gallery"], name, d, _cfg(args, seed, compat),
+                ck = _trained(d, key, lambda: train_query(ctx["train"], ctx["gallery"], name, d, _cfg(args, seed, compat),
                                                      progress=not args.no_progress))
                 het, homo = _het_homo(ck.model, ctx["test"], ctx["g_test"])
                 rows.append({"method": method, "arch": name, "budget": ctx["budget_of"][name], "mmacs": mm,
@@ -151,14 +166,14 @@ def run_nas(args, seed: int, ctx: dict) -> list[dict]:
     def go():
         rows = []
         se = work / "search"
-        if (se / "search.json").exists() and (se / ".done").exists():
+        if (se / "search.json").exists() and _done(se, key):
             search = json.loads((se / "search.json").read_text())
         else:
             search = run_search(ctx["supernet"], train_data, gck, se, ctx["budgets"], reward=args.reward,
                                 scfg=SearchConfig(population=args.population, generations=args.generations, seed=seed,
                                                   tie_tolerance=args.tie_tolerance),
                                 max_val_samples=args.max_val_samples, progress=progress)
-            (se / ".done").write_text("")
+            _mark_done(se, key)
         for tag, method in (("", METHODS[3]), ("random/", METHODS[4])):
             for b in search["budgets"]:
                 sub_dir = se / tag / budget_dirname(b)
@@ -169,7 +184,7 @@ def run_nas(args, seed: int, ctx: dict) -> list[dict]:
                                  "het_r1": het, "homo_r1": homo, "seed": seed,
                                  "val_het_r1": search["best"][f"{b:g}"]["het_r1"]})
                 ft_dir = work / f"finetune-{'random-' if tag else ''}{b:g}"
-                ck = _trained(ft_dir, lambda: finetune_subnet(train_data, ctx["supernet"], sub_dir, gck, ft_dir,
+                ck = _trained(ft_dir, key, lambda: finetune_subnet(train_data, ctx["supernet"], sub_dir, gck, ft_dir,
                                                               _cfg(args, seed, ctx["compat"], lr=0.03, warmup=0.2),
                                                               progress=progress))
                 het, homo = _het_homo(ck.model, test, g_test)
@@ -193,7 +208,7 @@ def run_extra(args, seed: int, ctx: dict) -> list[dict]:
 
     def go():
         se = work / "search-extra"
-        if (se / "search.json").exists() and (se / ".done").exists():
+        if (se / "search.json").exists() and _done(se, key):
             search = json.loads((se / "search.json").read_text())
         else:
             search = run_search(ctx["supernet"], ctx["train"], ctx["gallery"], se, budgets, reward=args.reward,
@@ -201,11 +216,11 @@ def run_extra(args, seed: int, ctx: dict) -> list[dict]:
                                                   tie_tolerance=args.tie_tolerance),
                                 random_baseline=False, max_val_samples=args.max_val_samples,
                                 progress=not args.no_progress)
-            (se / ".done").write_text("")
+            _mark_done(se, key)
         rows = []
         for b in search["budgets"]:
             ft_dir = work / f"finetune-extra-{b:g}"
-            ck = _trained(ft_dir, lambda: finetune_subnet(ctx["train"], ctx["supernet"], se / budget_dirname(b),
+            ck = _trained(ft_dir, key, lambda: finetune_subnet(ctx["train"], ctx["supernet"], se / budget_dirname(b),
                                                           ctx["gallery"], ft_dir,
                                                           _cfg(args, seed, ctx["compat"], lr=0.03, warmup=0.2),
                                                           progress=not args.no_progress))
@@ -283,7 +298,10 @@ def run(args) -> dict:
     if not args.hand_only and planned and sn_meta.get("epochs_done", 0) < planned:
         raise HetsearchError(f"the supernet {sn} has trained {sn_meta.get('epochs_done')} of {planned} epochs (still "
                              "training, or stopped): finish it (nas supernet --resume) before searching it")
+    space_file = sn / "config.json"
+    space_digest = hashlib.sha256(space_file.read_bytes()).hexdigest()[:16] if space_file.exists() else None
     key = {"gallery": gck.space_id, "supernet_epochs": sn_meta.get("epochs_done"), "supernet": sn.name,
+           "supernet_space": space_digest,
            "budgets": budgets, "compat": compat, **{k: getattr(args, k) for k in FULL}, "reward": args.reward,
            "tie_tolerance": args.tie_tolerance}
     ctx = {"work": work, "key": key, "gallery": gck, "train": train_data, "test": test, "g_test": g_test,

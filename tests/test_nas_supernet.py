@@ -19,6 +19,7 @@ TINY = {"stages": [{"out": 16, "stride": 1, "se": False, "act": "relu"},
                    {"out": 24, "stride": 2, "se": True, "act": "hswish"}],
         "head": {"channels": 64, "act": "hswish"}, "depths": [1, 2], "kernels": [3, 5], "expands": [2, 3],
         "widths": [0.5, 1.0], "resolutions": [20, 28]}
+HIRES = {"hires": [0, 1]}  # the default space with both layouts
 
 
 @pytest.fixture(autouse=True)
@@ -36,7 +37,8 @@ def _scramble_bn(net):
             m.bias.data.copy_(torch.rand(m.bias.shape, generator=g) - 0.5)
 
 
-@pytest.mark.parametrize("space", [None, TINY], ids=["default", "tiny-with-resolutions"])
+@pytest.mark.parametrize("space", [None, TINY, {**TINY, **HIRES}, HIRES],
+                         ids=["default", "tiny-with-resolutions", "tiny-hires", "default-hires"])
 def test_extracted_subnet_equals_supernet(space):
     torch.manual_seed(0)
     net = ElasticMobileNetV3(SupernetConfig.load(space) if space else SupernetConfig())
@@ -60,7 +62,7 @@ def test_extracted_subnet_equals_supernet(space):
         again.load_state_dict(sub.state_dict())
 
 
-@pytest.mark.parametrize("space", [None, TINY], ids=["default", "tiny"])
+@pytest.mark.parametrize("space", [None, TINY, HIRES], ids=["default", "tiny", "default-hires"])
 def test_arch_macs_equals_count_macs(space):
     cfg = SupernetConfig.load(space) if space else SupernetConfig()
     net = ElasticMobileNetV3(cfg)
@@ -99,6 +101,29 @@ def test_macs_monotone_in_every_dimension():
             assert bumped(lambda a: a["kernels"][s].__setitem__(b, 3)) < m0
     assert bumped(lambda a: a.__setitem__("resolution", 28)) > m0 > bumped(lambda a: a.__setitem__("resolution", 20))
     assert bumped(lambda a: a.__setitem__("width", 1.0)) > m0 > bumped(lambda a: a.__setitem__("width", 0.35))
+    with pytest.raises(ModelError, match="hires 1 is not a choice"):
+        bumped(lambda a: a.__setitem__("hires", 1))
+    hcfg = SupernetConfig(resolutions=[20, 24, 28], hires=[0, 1])
+    assert arch_macs(hcfg, {**base, "hires": 1}) > arch_macs(hcfg, base) == m0
+
+
+def test_hires_layout_moves_the_downsampling_into_stage_0():
+    cfg = SupernetConfig(hires=[0, 1])
+    arch = canonical_arch(cfg, {"depths": [1, 1, 1], "kernels": [[3], [3], [3]], "expands": [[3], [3], [3]]})
+    assert arch["hires"] == 0  # absent: the layout of spaces without the choice
+    lo = arch_to_spec(cfg, arch)["stages"]
+    hi = arch_to_spec(cfg, {**arch, "hires": 1})["stages"]
+    assert [s["stride"] for s in lo] == [2, 1, 2, 2] and [s["stride"] for s in hi] == [1, 2, 2, 2]
+    net = ElasticMobileNetV3(cfg).eval()
+    for h, side in ((0, 7), (1, 14)):
+        net.set_active_subnet({**arch, "hires": h})
+        feats = net.stem_act(net.stem_bn(net.stem_conv(torch.zeros(1, 1, 28, 28))))
+        assert net.first(feats).shape[-1] == side
+    assert largest_arch(cfg)["hires"] == 1 and smallest_arch(cfg)["hires"] == 0
+    with pytest.raises(ModelError, match="needs a first block of stride 2 and a stage 0 of stride 1"):
+        SupernetConfig(hires=[0, 1], first_block=None)
+    with pytest.raises(ModelError, match="hires choices are 0 and 1"):
+        SupernetConfig(hires=[2])
 
 
 def test_bn_recalibration_on_supernet_matches_extracted():

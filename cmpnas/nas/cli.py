@@ -164,7 +164,7 @@ def cmd_supernet(args) -> int:
     in_ch = int(imgs.shape[3] if hasattr(imgs, "shape") else imgs[0].shape[2])
     overrides = {"depths": _ints(args.depths, "--depths"), "kernels": _ints(args.kernels, "--kernels"),
                  "expands": _floats(args.expands, "--expands") or None, "widths": _floats(args.widths, "--widths") or None,
-                 "resolutions": _ints(args.resolutions, "--resolutions")}
+                 "resolutions": _ints(args.resolutions, "--resolutions"), "hires": _ints(args.hires, "--hires")}
     if args.space:
         base = SupernetConfig.load(args.space).to_dict()
         base.update({k: v for k, v in overrides.items() if v is not None})
@@ -264,6 +264,9 @@ def register(sub) -> None:
     s.add_argument("--expands", default=None, help="expand ratio choices (default 3,4,6)")
     s.add_argument("--widths", default=None, help="width multiplier choices (default 0.35,0.5,0.75,1.0)")
     s.add_argument("--resolutions", default=None, help="input resolution choices (default: the gallery's size)")
+    s.add_argument("--hires", default=None,
+                   help="layout choices: 0 = downsample in the fixed first block, 1 = in stage 0's first block (the "
+                        "first block and stage 0's expansion run at half the input size); default 0, e.g. 0,1")
     w = p.add_argument_group("sandwich rule")
     w.add_argument("--schedule", choices=("progressive", "sandwich"), default="progressive",
                    help="progressive: Once-for-All's progressive shrinking (full net, then elastic kernel, depth, "

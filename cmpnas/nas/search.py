@@ -145,6 +145,8 @@ class _Space:
             g["resolution"] = r.choice(c.resolutions)
         if r.random() < p:
             g["width"] = _num(r.choice(c.widths))
+        if r.random() < p:
+            g["hires"] = r.choice(c.hires)
         for i in range(c.num_stages):
             if r.random() < p:
                 g["depths"][i] = r.choice(c.depths)
@@ -159,6 +161,7 @@ class _Space:
         r = self.rng
         pick = lambda x, y: copy.deepcopy(x if r.random() < 0.5 else y)  # noqa: E731
         g = {"resolution": pick(a["resolution"], b["resolution"]), "width": pick(a["width"], b["width"]),
+             "hires": pick(a.get("hires", 0), b.get("hires", 0)),
              "depths": [pick(x, y) for x, y in zip(a["depths"], b["depths"])],
              "kernels": [[pick(x, y) for x, y in zip(ka, kb)] for ka, kb in zip(a["kernels"], b["kernels"])],
              "expands": [[pick(x, y) for x, y in zip(ea, eb)] for ea, eb in zip(a["expands"], b["expands"])]}
@@ -169,7 +172,8 @@ class _Space:
         c, g = self.cfg, copy.deepcopy(genome)
         while self.cost(g) > budget:
             options = []
-            for key, choices in (("resolution", c.resolutions), ("width", c.widths)):
+            g.setdefault("hires", 0)
+            for key, choices in (("resolution", c.resolutions), ("width", c.widths), ("hires", c.hires)):
                 if choices.index(_match(choices, g[key])) > 0:
                     options.append((key, None, None))
             for i in range(c.num_stages):
@@ -182,7 +186,7 @@ class _Space:
             if not options:
                 raise SearchError(f"no subnet fits the budget {budget:g} {self.cost_model.unit}")
             key, i, j = self.rng.choice(options)
-            choices = {"resolution": c.resolutions, "width": c.widths, "depths": c.depths, "kernels": c.kernels,
+            choices = {"resolution": c.resolutions, "width": c.widths, "hires": c.hires, "depths": c.depths, "kernels": c.kernels,
                        "expands": c.expands}[key]
             if i is None:
                 g[key] = _num(choices[choices.index(_match(choices, g[key])) - 1])

@@ -3,7 +3,7 @@
 
 A subnet is an *arch*::
 
-    {"resolution": 28, "width": 1.0,
+    {"resolution": 28, "width": 1.0, "hires": 0,  # 1: downsample in stage 0, not in the fixed block
      "depths":  [3, 2, 1],                      # blocks per elastic stage
      "kernels": [[7, 5, 3], [3, 3], [5]],       # depthwise kernel per active block
      "expands": [[6, 4, 3], [3, 4], [6]]}       # expand ratio per active block
@@ -64,6 +64,11 @@ class SupernetConfig:
     expands: list = field(default_factory=lambda: [3, 4, 6])
     widths: list = field(default_factory=lambda: [0.35, 0.5, 0.75, 1.0])
     resolutions: list | None = None  # None: [input_size] (fixed resolution)
+    # Where the stem's output is downsampled again: 0 = in the fixed first block (everything after it runs at a
+    # quarter of the input size), 1 = in the first block of stage 0 instead (the fixed block and stage 0's first
+    # expand convolution run at half the input size, as in mbv3-large). Choices [0] (default), [1] or [0, 1];
+    # 1 needs a first block of stride 2 and a stage 0 of stride 1.
+    hires: list = field(default_factory=lambda: [0])
     divisor: int = 8
 
     def __post_init__(self):
@@ -118,7 +123,7 @@ class SupernetConfig:
         def bad(msg):
             raise ModelError(f"supernet config: {msg}")
 
-        for name in ("depths", "kernels", "expands", "widths", "resolutions"):
+        for name in ("depths", "kernels", "expands", "widths", "resolutions", "hires"):
             vals = getattr(self, name)
             if not isinstance(vals, (list, tuple)) or not vals:
                 bad(f"{name} must be a non-empty list of choices")
@@ -133,8 +138,14 @@ class SupernetConfig:
             bad(f"widths must be > 0, got {self.widths}")
         if any(int(r) != r or r < 4 for r in self.resolutions):
             bad(f"resolutions must be integers >= 4, got {self.resolutions}")
+        if any(h not in (0, 1) for h in self.hires):
+            bad(f"hires choices are 0 and 1, got {self.hires}")
         if not self.stages:
             bad("needs at least one elastic stage")
+        if 1 in self.hires and not (self.first_block and int(self.first_block.get("stride", 1)) == 2
+                                    and int(self.stages[0].get("stride", 1)) == 1):
+            bad("hires 1 moves the first block's stride 2 into stage 0: it needs a first block of stride 2 and a "
+                "stage 0 of stride 1")
         for i, s in enumerate(self.stages):
             for key in ("out", "stride"):
                 if key not in s:
@@ -173,14 +184,15 @@ def canonical_arch(cfg: SupernetConfig, arch: dict) -> dict:
     """Validate an arch against the space and return it trimmed to the active blocks, numbers normalised.
 
     ``kernels``/``expands`` may list more blocks than ``depths`` (a full genome); the extra ones are
-    ignored. ``resolution`` and ``width`` default to the largest choice when absent.
+    ignored. ``resolution`` and ``width`` default to the largest choice when absent, ``hires`` to 0 (the
+    layout of spaces that predate it).
     """
     if not isinstance(arch, dict):
         raise ModelError(f"a subnet arch must be a JSON object, not {type(arch).__name__}")
     for key in ("depths", "kernels", "expands"):
         if key not in arch:
             raise ModelError(f"subnet arch lacks {key!r} (needs depths, kernels, expands; optional width, resolution)")
-    unknown = sorted(set(arch) - {"depths", "kernels", "expands", "width", "resolution", "mmacs", "macs"})
+    unknown = sorted(set(arch) - {"depths", "kernels", "expands", "width", "resolution", "hires", "mmacs", "macs"})
     if unknown:
         raise ModelError(f"subnet arch: unknown keys {unknown}")
     n = cfg.num_stages
@@ -198,7 +210,10 @@ def canonical_arch(cfg: SupernetConfig, arch: dict) -> dict:
     if not match:
         raise ModelError(f"subnet arch: width {width} is not a choice of this supernet ({cfg.widths})")
     width = _num(match[0])
-    out = {"resolution": res, "width": width, "depths": [], "kernels": [], "expands": []}
+    hires = arch.get("hires", 0)
+    if hires not in cfg.hires:
+        raise ModelError(f"subnet arch: hires {hires!r} is not a choice of this supernet ({cfg.hires})")
+    out = {"resolution": res, "width": width, "hires": int(hires), "depths": [], "kernels": [], "expands": []}
     for i, (d, ks, es) in enumerate(zip(depths, kernels, expands)):
         if d not in cfg.depths:
             raise ModelError(f"subnet arch: stage {i} depth {d} is not a choice ({cfg.depths})")
@@ -219,19 +234,21 @@ def canonical_arch(cfg: SupernetConfig, arch: dict) -> dict:
 
 def arch_key(arch: dict) -> str:
     """A stable string key for caching evaluations (of a canonical arch)."""
-    return json.dumps({k: arch[k] for k in ("resolution", "width", "depths", "kernels", "expands")},
+    return json.dumps({k: arch.get(k, 0) for k in ("resolution", "width", "hires", "depths", "kernels", "expands")},
                       sort_keys=True, separators=(",", ":"))
 
 
 def largest_arch(cfg: SupernetConfig) -> dict:
     d, k, e = max(cfg.depths), max(cfg.kernels), max(cfg.expands)
-    return {"resolution": max(cfg.resolutions), "width": _num(max(cfg.widths)), "depths": [d] * cfg.num_stages,
+    return {"resolution": max(cfg.resolutions), "width": _num(max(cfg.widths)), "hires": max(cfg.hires),
+            "depths": [d] * cfg.num_stages,
             "kernels": [[k] * d for _ in cfg.stages], "expands": [[_num(e)] * d for _ in cfg.stages]}
 
 
 def smallest_arch(cfg: SupernetConfig) -> dict:
     d, k, e = min(cfg.depths), min(cfg.kernels), min(cfg.expands)
-    return {"resolution": min(cfg.resolutions), "width": _num(min(cfg.widths)), "depths": [d] * cfg.num_stages,
+    return {"resolution": min(cfg.resolutions), "width": _num(min(cfg.widths)), "hires": min(cfg.hires),
+            "depths": [d] * cfg.num_stages,
             "kernels": [[k] * d for _ in cfg.stages], "expands": [[_num(e)] * d for _ in cfg.stages]}
 
 
@@ -239,7 +256,7 @@ def random_genome(cfg: SupernetConfig, rng: random.Random) -> dict:
     """A uniformly random full genome (kernels/expands for every possible block)."""
     D = cfg.max_depth
     return {"resolution": rng.choice(cfg.resolutions), "width": _num(rng.choice(cfg.widths)),
-            "depths": [rng.choice(cfg.depths) for _ in cfg.stages],
+            "hires": rng.choice(cfg.hires), "depths": [rng.choice(cfg.depths) for _ in cfg.stages],
             "kernels": [[rng.choice(cfg.kernels) for _ in range(D)] for _ in cfg.stages],
             "expands": [[_num(rng.choice(cfg.expands)) for _ in range(D)] for _ in cfg.stages]}
 
@@ -259,12 +276,13 @@ def arch_to_spec(cfg: SupernetConfig, arch: dict, name: str | None = None) -> di
             "act": cfg.stem.get("act", "hswish")}
     stages = []
     fb = cfg.first_block
+    hires = a["hires"] == 1
     if fb:
-        stages.append({"out": cfg.channels(fb["out"], w), "stride": int(fb.get("stride", 1)), "se": bool(fb.get("se", False)),
-                       "act": fb.get("act", "relu"), "blocks": [{"kernel": int(fb.get("kernel", 3)), "expand": 1}]})
-    for s, d, ks, es in zip(cfg.stages, a["depths"], a["kernels"], a["expands"]):
-        stages.append({"out": cfg.channels(s["out"], w), "stride": int(s["stride"]), "se": bool(s.get("se", False)),
-                       "act": s.get("act", "hswish"),
+        stages.append({"out": cfg.channels(fb["out"], w), "stride": 1 if hires else int(fb.get("stride", 1)),
+                       "se": bool(fb.get("se", False)), "act": fb.get("act", "relu"), "blocks": [{"kernel": int(fb.get("kernel", 3)), "expand": 1}]})
+    for i, (s, d, ks, es) in enumerate(zip(cfg.stages, a["depths"], a["kernels"], a["expands"])):
+        stages.append({"out": cfg.channels(s["out"], w), "stride": 2 if (hires and i == 0) else int(s["stride"]),
+                       "se": bool(s.get("se", False)), "act": s.get("act", "hswish"),
                        "blocks": [{"kernel": k, "expand": e} for k, e in zip(ks, es)]})
     hc = int(cfg.head.get("channels", 0))
     spec = {"family": "mobilenetv3", "input_size": [a["resolution"], a["resolution"]],

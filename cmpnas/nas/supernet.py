@@ -106,6 +106,9 @@ class ElasticMobileNetV3(nn.Module):
         w = a["width"]
         if self.first is not None:
             self.first.cout = cfg.channels(cfg.first_block["out"], w)
+            # hires 1: the first block keeps the stem's resolution and stage 0's first block downsamples
+            self.first.stride = 1 if a["hires"] else int(cfg.first_block.get("stride", 1))
+            self.stages[0][0].stride = 2 if a["hires"] else int(cfg.stages[0]["stride"])
         for s, blocks, d, ks, es in zip(cfg.stages, self.stages, a["depths"], a["kernels"], a["expands"]):
             for j in range(d):
                 blocks[j].cout = cfg.channels(s["out"], w)

@@ -11,7 +11,7 @@ but the largest also regresses to the largest subnet's (detached) embedding — 
 Schedules (``schedule``):
 
 * ``progressive`` — Once-for-All's progressive shrinking: the full network first, then elastic kernel, then
-  elastic depth, then elastic expand ratio and width (and resolution). Within a phase the sandwich rule
+  elastic depth, then elastic expand ratio and width (and resolution, and the ``hires`` layout). Within a phase the sandwich rule
   samples only the dimensions made elastic so far; the others stay at their largest choice.
 * ``sandwich`` — every dimension elastic from the first epoch.
 
@@ -45,8 +45,8 @@ log = logging.getLogger("hetsearch.nas")
 
 # Once-for-All's order; each phase adds dimensions to the elastic set, with its share of the epochs.
 PHASES = (("full", (), 0.1), ("kernel", ("kernels",), 0.2), ("depth", ("kernels", "depths"), 0.25),
-          ("all", ("kernels", "depths", "expands", "widths", "resolutions"), 0.45))
-ALL_DIMS = ("kernels", "depths", "expands", "widths", "resolutions")
+          ("all", ("kernels", "depths", "expands", "widths", "resolutions", "hires"), 0.45))
+ALL_DIMS = ("kernels", "depths", "expands", "widths", "resolutions", "hires")
 
 
 def phase_of(epoch: int, epochs: int, schedule: str) -> tuple[str, tuple[str, ...]]:
