@@ -149,6 +149,7 @@ class CheckContext:
     gallery_emb: np.ndarray | None = None
     gallery_space: str | None = None
     reference_r1: float | None = None  # PyTorch query -> gallery R@1
+    reference_hits: np.ndarray | None = None  # its per-query terms (for the paired standard error)
     gallery_r1: float | None = None  # gallery -> gallery R@1 (the paragon)
     space_mismatch: str | None = None
     info: dict = field(default_factory=dict)
@@ -158,10 +159,27 @@ class CheckContext:
         return self.gallery_emb is not None and self.labels is not None and len(np.unique(self.labels)) > 1
 
 
-def _r1(q: np.ndarray, g: np.ndarray, labels: np.ndarray) -> float:
-    from hetsearch.cmpnas.metrics import retrieval_metrics
+def _hits(q: np.ndarray, g: np.ndarray, labels: np.ndarray, chunk: int = 2048) -> np.ndarray:
+    """Per query: is its leave-one-out nearest gallery item of its class (the terms of R@1)."""
+    q, g, labels = np.asarray(q, np.float32), np.asarray(g, np.float32), np.asarray(labels)
+    out = np.zeros(len(q), bool)
+    for start in range(0, len(q), chunk):
+        stop = min(len(q), start + chunk)
+        sims = q[start:stop] @ g.T
+        sims[np.arange(stop - start), np.arange(start, stop)] = -np.inf
+        out[start:stop] = labels[sims.argmax(axis=1)] == labels[start:stop]
+    return out
 
-    return float(retrieval_metrics(q, g, labels, ks=(1,))["recall_at_1"])
+
+def _r1(q: np.ndarray, g: np.ndarray, labels: np.ndarray) -> float:
+    return 100.0 * float(_hits(q, g, labels).mean())
+
+
+def paired_se(a: np.ndarray, b: np.ndarray) -> float:
+    """Standard error (points) of R@1(b) - R@1(a) over the same queries: only discordant queries carry noise."""
+    n = len(a)
+    up, down = int((~a & b).sum()), int((a & ~b).sum())
+    return 100.0 * float(np.sqrt(max(up + down - (up - down) ** 2 / n, 0.0))) / n
 
 
 def prepare_context(input_shape: tuple, images, *, query_model=None, gallery=None, space_id: str | None = None,
@@ -213,7 +231,8 @@ def prepare_context(input_shape: tuple, images, *, query_model=None, gallery=Non
         if ctx.gallery_emb is not None:
             ctx.gallery_r1 = _r1(ctx.gallery_emb, ctx.gallery_emb, labels)
             if ctx.reference is not None:
-                ctx.reference_r1 = _r1(ctx.reference, ctx.gallery_emb, labels)
+                ctx.reference_hits = _hits(ctx.reference, ctx.gallery_emb, labels)
+                ctx.reference_r1 = 100.0 * float(ctx.reference_hits.mean())
         ctx.info.update({"gallery_space_id": g.space_id, "gallery_r1": ctx.gallery_r1,
                          "reference_r1": ctx.reference_r1})
     return ctx
@@ -261,17 +280,19 @@ def check_file(bundle: str | os.PathLike, entry: dict, ctx: CheckContext, thresh
     else:
         rec["parity"] = {"status": SKIPPED, "reason": "no PyTorch reference (pass the query checkpoint)"}
     if ctx.has_compat and np.isfinite(emb).all():
-        r1 = _r1(emb, ctx.gallery_emb, ctx.labels)
+        hits = _hits(emb, ctx.gallery_emb, ctx.labels)
+        r1 = 100.0 * float(hits.mean())
         comp: dict[str, Any] = {"r1": r1, "gallery_r1": ctx.gallery_r1,
                                 "ratio_to_gallery": r1 / ctx.gallery_r1 if ctx.gallery_r1 else None,
                                 "min_ratio": thresholds["min_compat_ratio"]}
         fails = []
         if ctx.reference_r1 is not None:
             drop_limit = thresholds["compat_drop"].get(precision)
-            comp.update(reference_r1=ctx.reference_r1, delta=r1 - ctx.reference_r1, max_drop=drop_limit)
+            se = paired_se(ctx.reference_hits, hits)
+            comp.update(reference_r1=ctx.reference_r1, delta=r1 - ctx.reference_r1, delta_se=se, max_drop=drop_limit)
             if drop_limit is not None and ctx.reference_r1 - r1 > drop_limit + 1e-9:
-                fails.append(f"R@1 dropped {ctx.reference_r1 - r1:.2f} points "
-                             f"({ctx.reference_r1:.2f} -> {r1:.2f}), more than {drop_limit}")
+                fails.append(f"R@1 dropped {ctx.reference_r1 - r1:.2f} ± {se:.2f} points (paired standard error on "
+                             f"{len(hits)} images; {ctx.reference_r1:.2f} -> {r1:.2f}), more than {drop_limit}")
         if ctx.gallery_r1 and r1 < thresholds["min_compat_ratio"] * ctx.gallery_r1:
             fails.append(f"heterogeneous R@1 {r1:.2f} is below {thresholds['min_compat_ratio']} x the gallery "
                          f"model's own R@1 {ctx.gallery_r1:.2f}: not compatible with this gallery")

@@ -30,6 +30,7 @@ _CHECK_PART = {
         "reference_r1": _NUM_OR_NULL,
         "gallery_r1": _NUM_OR_NULL,
         "delta": _NUM_OR_NULL,
+        "delta_se": _NUM_OR_NULL,
         "max_drop": _NUM_OR_NULL,
         "ratio_to_gallery": _NUM_OR_NULL,
         "min_ratio": _NUM_OR_NULL,
@@ -108,6 +109,8 @@ MANIFEST_SCHEMA: dict = {
                     "compute_precision": {"enum": ["float32", "float16"]},
                     "quantization": {"type": "string"},
                     "calibration_images": {"type": "integer", "minimum": 1},
+                    "float_nodes": {"type": "array", "items": {"type": "string"}},
+                    "widened_ranges": {"type": "integer", "minimum": 0},
                     "export_seconds": {"type": "number", "minimum": 0},
                 },
                 "allOf": [

@@ -25,7 +25,8 @@ def cmd_query(args) -> int:
     from hetsearch.gallery_server.auth import client_token
 
     token = client_token(args.token_file, prefer="read")
-    model = QueryModel.load(args.bundle, backend=args.backend, precision=args.precision, threads=args.threads)
+    model = QueryModel.load(args.bundle, backend=args.backend, precision=args.precision, threads=args.threads,
+                            allow_failed=args.allow_failed)
     tls = args.tls_ca or (True if args.tls else None)
     client = GalleryClient(args.server, token=token, tls=tls, timeout=args.timeout, gallery=args.gallery)
     try:
@@ -57,6 +58,8 @@ def register(sub) -> None:
     p.add_argument("--k", type=int, default=5, help="hits per image (default 5)")
     p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "litert", "coreml"))
     p.add_argument("--precision", default=None, choices=("fp32", "fp16", "int8"))
+    p.add_argument("--allow-failed", action="store_true",
+                   help="run a file whose checks failed at export (refused otherwise; a warning is printed)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--token-file", help="file with the read token (read=TOKEN)")
     p.add_argument("--tls", action="store_true", help="TLS with the system's root certificates")

@@ -13,6 +13,7 @@ Imports neither torch nor faiss.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from .runtime import (
 __all__ = ["QueryModel", "ImageError", "BackendUnavailable", "PRECISION_PREFERENCE"]
 
 PRECISION_PREFERENCE = ("fp32", "fp16", "int8")
+log = logging.getLogger("hetsearch.sdk")
 _MISSING_MODULE = {"onnxruntime": "onnxruntime", "litert": "ai_edge_litert", "coreml": "coremltools"}
 
 
@@ -65,19 +67,32 @@ def _precision_rank(precision: str) -> int:
     return PRECISION_PREFERENCE.index(precision) if precision in PRECISION_PREFERENCE else len(PRECISION_PREFERENCE)
 
 
-def choose_file(manifest: dict, backend: str = "auto", precision: str | None = None) -> tuple[dict, str]:
+def failed_check(manifest: dict, path: str) -> str | None:
+    """Why the export's checks failed this file (None when they passed, were skipped or did not run)."""
+    rec = (manifest.get("checks") or {}).get(path) or {}
+    if rec.get("status") in ("failed", "error"):
+        return rec.get("reason") or rec["status"]
+    return None
+
+
+def choose_file(manifest: dict, backend: str = "auto", precision: str | None = None,
+                allow_failed: bool = False) -> tuple[dict, str]:
     """The manifest entry to run here and the backend to run it with.
 
     ``auto`` tries onnxruntime, then LiteRT, then Core ML (macOS), taking the first
     runtime that is installed and for which the bundle has a file; among those files
-    fp32 is preferred unless ``precision`` is given.
+    fp32 is preferred unless ``precision`` is given. Files whose checks failed at export
+    are never chosen unless ``allow_failed``.
     """
     if backend != "auto" and backend not in BACKENDS:
         raise HetsearchError(f"unknown backend {backend!r}; expected auto or one of {', '.join(BACKENDS)}")
     if precision is not None and precision not in manifest_mod.PRECISIONS:
         raise HetsearchError(f"unknown precision {precision!r}; expected one of {', '.join(manifest_mod.PRECISIONS)}")
-    files = manifest["files"]
-    have = ", ".join(f"{e['path']} ({e['format']}, {e['precision']})" for e in files) or "no files"
+    have = ", ".join(f"{e['path']} ({e['format']}, {e['precision']})" for e in manifest["files"]) or "no files"
+    failed = {e["path"]: failed_check(manifest, e["path"]) for e in manifest["files"]}
+    files = [e for e in manifest["files"] if allow_failed or not failed[e["path"]]]
+    refused = "".join(f"; {p} failed its checks at export ({why})" for p, why in failed.items()
+                      if why and not allow_failed)
 
     def candidates(b: str) -> list[dict]:
         fmt = FORMAT_OF_BACKEND[b]
@@ -90,7 +105,8 @@ def choose_file(manifest: dict, backend: str = "auto", precision: str | None = N
         found = candidates(backend)
         if not found:
             want = f"a {FORMAT_OF_BACKEND[backend]} file" + (f" in {precision}" if precision else "")
-            raise BundleError(f"bundle {manifest.get('model_id')!r} has no {want} for the {backend} backend; it has {have}")
+            raise BundleError(f"bundle {manifest.get('model_id')!r} has no {want} for the {backend} backend; it has "
+                              f"{have}{refused}")
         if not backend_available(backend):
             raise MissingDependency(_MISSING_MODULE[backend], "sdk", f"the {backend} backend")
         return found[0], backend
@@ -101,7 +117,7 @@ def choose_file(manifest: dict, backend: str = "auto", precision: str | None = N
             return found[0], b
     want = f" in {precision}" if precision else ""
     raise BundleError(
-        f"no file of bundle {manifest.get('model_id')!r}{want} can run here: the bundle has {have}; "
+        f"no file of bundle {manifest.get('model_id')!r}{want} can run here: the bundle has {have}{refused}; "
         f"runtimes usable on this device: {', '.join(installed) or 'none'} "
         "(install hetsearch[sdk] for onnxruntime and LiteRT; Core ML needs macOS)"
     )
@@ -137,22 +153,27 @@ class QueryModel:
 
     @classmethod
     def load(cls, bundle_or_file: str | os.PathLike, backend: str = "auto", precision: str | None = None,
-             threads: int | None = None) -> "QueryModel":
+             threads: int | None = None, allow_failed: bool = False) -> "QueryModel":
         """Load the file of a bundle that runs on this device (or a given file of a bundle).
 
         ``bundle_or_file``: a bundle directory, its ``manifest.json``, or one model file
         inside a bundle. ``backend``: ``auto`` | ``onnxruntime`` | ``litert`` | ``coreml``.
         ``precision``: fp32 | fp16 | int8 (default: fp32 if present). ``threads``: CPU
-        threads for the runtime (default: the runtime's own choice).
+        threads for the runtime (default: the runtime's own choice). A file whose checks failed at
+        export (manifest ``checks``) is refused unless ``allow_failed`` (then a warning is logged).
         """
         if backend == "coreml":
             require_coreml_platform()
         bundle, rel = _locate(bundle_or_file)
         manifest = manifest_mod.load(bundle)
         if rel is None:
-            entry, backend = choose_file(manifest, backend, precision)
+            entry, backend = choose_file(manifest, backend, precision, allow_failed=allow_failed)
         else:
             entry = manifest_mod.file_entry(manifest, rel)
+            why = failed_check(manifest, rel)
+            if why and not allow_failed:
+                raise BundleError(f"{rel} failed its checks at export ({why}); it may not land in the gallery's "
+                                  "embedding space. Re-export it, or pass allow_failed=True to run it anyway")
             fmt = format_of(rel)
             if backend == "auto":
                 backend = BACKEND_OF_FORMAT[fmt]
@@ -162,6 +183,9 @@ class QueryModel:
                 raise BundleError(f"{rel} is in {fmt} format; the {backend} backend runs {FORMAT_OF_BACKEND[backend]} files")
             if precision is not None and entry["precision"] != precision:
                 raise BundleError(f"{rel} is {entry['precision']}, not {precision}")
+        why = failed_check(manifest, entry["path"])
+        if why:
+            log.warning("running %s although it failed its checks at export (%s)", entry["path"], why)
         path = manifest_mod.verify_file(bundle, entry)
         runtime = open_runtime(path, backend, threads)
         return cls(runtime, manifest, entry, bundle)

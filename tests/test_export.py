@@ -311,7 +311,9 @@ def test_check_cli_exit_codes(untrained_bundle, bundle, pair, tmp_path, capsys):
     assert main(args) == CheckFailed.exit_code == 3
     err = capsys.readouterr().err
     assert "failed the checks" in err and "Traceback" not in err
-    assert main(args + ["--allow-mismatch"]) == 0
+    # accepting another embedding space never accepts a failed check
+    assert main(args + ["--allow-mismatch"]) == 3
+    assert "failed the checks" in capsys.readouterr().err
     out_json = tmp_path / "check.json"
     rc = main(["check", str(bundle[0]), "--gallery", str(gallery.path), "--query", str(query.path),
                "--files", "model-fp32.onnx,model-int8.tflite", "--json", str(out_json)])
@@ -419,3 +421,58 @@ def test_thresholds_and_parity_math():
     assert j["status"] == "failed" and "cos_min" in j["reason"]
     nan = parity_stats(a, np.full_like(a, np.nan))
     assert judge_parity(nan, "int8", t)["status"] == "failed"
+
+
+def test_int8_keeps_working_when_a_layer_never_fires(data, tmp_path, monkeypatch):
+    """A block whose ReLU never fires has a constant (zero-width) calibrated range; ai-edge-quantizer turns it
+    into a ~1e-12 scale, the next bias overflows and the file computes garbage (the demo's query-bct had this in
+    a squeeze-excitation branch). Widening such ranges fixes it: shown here with and without the fix."""
+    from hetsearch.cmpnas.checkpoint import save_checkpoint
+    from hetsearch.cmpnas.models import build_model
+    from hetsearch.cmpnas.nas.supernet import recalibrate_bn
+    from hetsearch.export import exporter
+    from hetsearch.export.exporter import export_bundle
+
+    train, val = data
+    spec = {"family": "mobilenetv3", "input_size": [28, 28], "in_channels": 1, "embed_dim": 32,
+            "stem": {"out": 8, "stride": 2, "act": "hswish"},
+            "stages": [{"out": 16, "stride": 2, "se": False, "act": "relu",
+                        "blocks": [{"kernel": 3, "expand": 2}, {"kernel": 3, "expand": 2}]}],
+            "head": {"channels": 32, "act": "hswish"}}
+    torch.manual_seed(0)
+    model = build_model(spec)
+    recalibrate_bn(model, train.subset(np.arange(0, 1500, 5)))  # realistic BN statistics, eval mode
+    dead = model.blocks[1].dw[1]  # the residual block's depthwise BatchNorm, then ReLU: never fires
+    with torch.no_grad():
+        dead.weight.fill_(1e-3)  # not zero, or the converter folds the block into constants
+        dead.bias.fill_(-8.0)
+    ck = save_checkpoint(tmp_path / "dead", model, kind="query", space_id="sp1-d32-n-" + "0" * 20)
+    calib = train.subset(np.arange(0, 1500, 10))
+
+    def export(out):
+        return export_bundle(ck, out, formats=("tflite",), precisions=("int8",), calib_data=calib, check_data=val,
+                             progress=False)
+
+    manifest = export(tmp_path / "fixed")
+    entry = mf.file_entry(manifest, "model-int8.tflite")
+    assert entry["widened_ranges"] >= 1
+    rec = manifest["checks"]["model-int8.tflite"]
+    assert rec["status"] == "passed" and rec["parity"]["cos_min"] >= 0.9, rec.get("reason")
+    monkeypatch.setattr(exporter, "widen_zero_ranges", lambda calibration: [])
+    broken = export(tmp_path / "unfixed")["checks"]["model-int8.tflite"]
+    assert broken["status"] == "failed" and broken["parity"]["cos_mean"] < 0.9, broken["parity"]
+
+
+def test_int8_onnx_keeps_the_gate_and_the_norm_in_float(bundle):
+    import onnx
+
+    out, manifest = bundle
+    entry = mf.file_entry(manifest, "model-int8.onnx")
+    keep = entry["float_nodes"]
+    graph = onnx.load(str(out / "model-int8.onnx")).graph
+    by_name = {n.name: n for n in graph.node}
+    # mbv3-tiny has one squeeze-excitation block (its gating Mul) and the L2 normalisation after the Gemm
+    assert sum(by_name[k].op_type == "Mul" for k in keep) >= 2 and any(by_name[k].op_type == "Div" for k in keep)
+    producer = {o: n for n in graph.node for o in n.output}
+    assert producer["embedding"].op_type == "Div"  # not a DequantizeLinear: the output is computed in float
+    assert "gating multiplies and the L2 normalisation" in entry["quantization"]

@@ -205,3 +205,25 @@ def test_integer_inputs_are_quantized_once():
     rt.input_dtype = np.dtype(np.float32)
     x = np.ones((1, 1, 2, 2), np.float32)
     assert rt.prepare(x) is x
+
+
+def test_files_that_failed_their_checks_are_refused(gray_bundle, tmp_path):
+    import json
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(gray_bundle, copy)
+    man = json.loads((copy / "manifest.json").read_text())
+    why = "compatibility: R@1 dropped 9.00 points"
+    man["checks"]["model-fp32.onnx"] = {"status": "failed", "reason": why}
+    (copy / "manifest.json").write_text(json.dumps(man))
+    # auto skips the failed file and takes the next runnable one
+    assert QueryModel.load(copy).path.name == "model-fp32.tflite"
+    with pytest.raises(BundleError, match="failed its checks at export .*R@1 dropped 9.00"):
+        QueryModel.load(copy / "model-fp32.onnx")
+    with pytest.raises(BundleError, match="model-fp32.onnx failed its checks at export"):
+        QueryModel.load(copy, backend="onnxruntime")
+    assert QueryModel.load(copy / "model-fp32.onnx", allow_failed=True).backend == "onnxruntime"
+    man["checks"]["model-fp32.tflite"] = {"status": "error", "reason": "runtime refused"}
+    (copy / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(BundleError, match="can run here.*onnx failed its checks.*tflite failed its checks"):
+        QueryModel.load(copy)
