@@ -1,10 +1,10 @@
 """``python -m hetsearch.gallery_server serve ...``: this part's commands without the rest of the CLI."""
 
 import argparse
-import logging
 import sys
 
 from hetsearch.errors import HetsearchError
+from hetsearch.logsetup import configure_logging
 
 from .cli import register
 
@@ -14,8 +14,7 @@ def main(argv=None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     register(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.verbose, quiet=bool(getattr(args, "quiet", False)))
     try:
         return int(args.func(args) or 0)
     except HetsearchError as exc:

@@ -89,7 +89,8 @@ def register(sub) -> None:
     g.add_argument("--ef-search", type=int, default=0, help="create: default HNSW efSearch")
     g.add_argument("--nprobe", type=int, default=0, help="create: default IVF nprobe")
     g.add_argument("--compact", action="store_true", help="snapshot: drop deleted vectors first")
-    g.add_argument("--json", action="store_true", help="print JSON")
+    g.add_argument("--json", metavar="FILE", help="also write the result as JSON to FILE ('-': print JSON instead of "
+                                                 "the table), like every other --json")
     g.set_defaults(func=cmd_gallery)
 
 
@@ -147,7 +148,7 @@ def _client(args):
 
 
 def cmd_gallery(args) -> int:
-    from hetsearch.report import format_table
+    from hetsearch.report import format_table, write_json
 
     with _client(args) as client:
         if args.action == "list":
@@ -167,9 +168,11 @@ def cmd_gallery(args) -> int:
             else:
                 client.drop(args.name)
                 rows = [{"name": args.name, "dropped": True}]
-    if args.json:
+    if args.json == "-":
         print(json.dumps(rows, indent=2))
     else:
+        if args.json:
+            write_json(args.json, rows)
         cols = None
         if rows and "state" in rows[0]:
             cols = ["name", "state", "vector_count", "deleted_count", "index_factory", "metric", "space_id"]

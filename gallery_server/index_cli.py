@@ -31,7 +31,7 @@ def cmd_index(args) -> int:
     if not args.out and not args.server:
         raise HetsearchError("give --out DATA_DIR (offline) or --server ADDR (a running server)")
     res = index_gallery(args.gallery, data, out=args.out, server=args.server, name=args.name,
-                        index_factory=args.index, token=token, tls=args.tls_ca or None,
+                        index_factory=args.index, token=token, tls=args.tls_ca or (True if args.tls else None),
                         batch_size=args.batch_size, progress=not args.quiet, replace=args.replace)
     print(format_table([res], digits=1))
     if args.json:
@@ -52,10 +52,13 @@ def register(sub) -> None:
     target.add_argument("--out", help="data directory to write into (no server running on it)")
     target.add_argument("--server", help="address of a running gallery server, e.g. localhost:50051")
     p.add_argument("--name", default="default", help="gallery name (default: default)")
-    p.add_argument("--index", default="Flat", help="faiss index_factory string: Flat, HNSW32, IVF256,Flat …")
+    p.add_argument("--index", default=None,
+                   help="faiss index_factory string for a new gallery: Flat (default), HNSW32, IVF256,Flat …; an "
+                        "existing gallery keeps its own (another one is an error unless --replace)")
     p.add_argument("--replace", action="store_true", help="drop an existing gallery of that name first")
     p.add_argument("--token-file", help="token file (with --server)")
-    p.add_argument("--tls-ca", help="CA certificate for a TLS server")
+    p.add_argument("--tls", action="store_true", help="TLS with the system's root certificates (with --server)")
+    p.add_argument("--tls-ca", help="TLS with this CA certificate (with --server)")
     p.add_argument("--batch-size", type=int, default=1000)
     p.add_argument("--json", help="write a summary as JSON")
     p.add_argument("--quiet", action="store_true")

@@ -16,10 +16,26 @@ import numpy as np
 log = logging.getLogger("hetsearch.index")
 
 
+def _index_of(existing: str | None, asked: str | None, name: str) -> str:
+    """The index factory a run writes with: an existing gallery's own (asking for another one is an error:
+    its vectors would silently stay in the old index), else the one asked for, else Flat."""
+    from hetsearch.errors import HetsearchError
+
+    if existing is None:
+        return asked or "Flat"
+    if asked and asked.strip() != existing:
+        raise HetsearchError(f"gallery {name!r} already exists with index {existing!r}, not {asked!r}: pass --replace "
+                             f"to rebuild it as {asked!r}, or leave out --index to add to it")
+    return existing
+
+
 def index_gallery(gallery_ckpt, data, *, out: str | Path | None = None, server: str | None = None,
-                  name: str = "default", index_factory: str = "Flat", token: str | None = None,
+                  name: str = "default", index_factory: str | None = None, token: str | None = None,
                   tls=None, batch_size: int = 1000, progress: bool = True, replace: bool = False) -> dict:
-    """Embed ``data`` (an ImageSet) with the gallery checkpoint and upsert it into gallery ``name``."""
+    """Embed ``data`` (an ImageSet) with the gallery checkpoint and upsert it into gallery ``name``.
+
+    ``index_factory``: for a new gallery (default Flat); an existing one keeps its own index (asking for
+    another is an error unless ``replace``)."""
     from tqdm.auto import tqdm
 
     from hetsearch.cmpnas.checkpoint import Checkpoint, load_checkpoint
@@ -50,7 +66,7 @@ def index_gallery(gallery_ckpt, data, *, out: str | Path | None = None, server: 
         writer.close()
     secs = time.time() - t0
     return {"gallery": name, "space_id": space, "vectors": done, "seconds": round(secs, 2),
-            "images_per_second": round(done / max(secs, 1e-9), 1), "index_factory": index_factory,
+            "images_per_second": round(done / max(secs, 1e-9), 1), "index_factory": writer.factory,
             "target": str(out) if out is not None else server}
 
 
@@ -60,9 +76,15 @@ class _OfflineWriter:
 
         self.store = open_offline(out)
         self.name = name
-        if replace and any(g.name == name for g in self.store.list()):
-            self.store.drop_gallery(name)
-        self.store.create_gallery(name, space, index_factory=index_factory, exist_ok=True)
+        try:
+            if replace and any(g.spec.name == name for g in self.store.list()):
+                self.store.drop_gallery(name)
+            existing = {g.spec.name: g.spec.index_factory for g in self.store.list()}.get(name)
+            self.factory = _index_of(existing, index_factory, name)
+            self.store.create_gallery(name, space, index_factory=self.factory, exist_ok=True)
+        except BaseException:
+            self.store.close()
+            raise
         self.space = space
 
     def upsert(self, ids, emb, meta):
@@ -81,14 +103,19 @@ class _ServerWriter:
 
         self.client = GalleryClient(server, token=token, tls=tls, timeout=60.0)
         self.name, self.space = name, space
-        if replace:
-            try:
-                self.client.drop(name)
-            except GalleryNotFoundError:
-                pass
-        names = [g.name for g in self.client.list_galleries()]
-        if name not in names:
-            self.client.create_gallery(name, space, index_factory=index_factory)
+        try:
+            if replace:
+                try:
+                    self.client.drop(name)
+                except GalleryNotFoundError:
+                    pass
+            existing = {g.name: g.index_factory for g in self.client.list_galleries()}.get(name)
+            self.factory = _index_of(existing, index_factory, name)
+            if existing is None:
+                self.client.create_gallery(name, space, index_factory=self.factory)
+        except BaseException:
+            self.client.close()
+            raise
 
     def upsert(self, ids, emb, meta):
         self.client.upsert(ids.tolist(), emb, list(meta), gallery=self.name, space_id=self.space)

@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hetsearch.hit import Hit
 from hetsearch.space import parse_space_id
 
 from . import wal as wallog
@@ -547,11 +548,17 @@ class GalleryStore:
 
     # ------------------------------------------------------------------ lifecycle
     def open(self, create: bool = True) -> "GalleryStore":
-        if not self.root.exists():
-            if not create:
-                raise NotFound(f"data directory {self.root} does not exist")
-            self.root.mkdir(parents=True)
-        (self.root / "galleries").mkdir(exist_ok=True)
+        if self.root.exists() and not self.root.is_dir():
+            raise InvalidArgument(f"data directory {self.root} exists and is not a directory; give a directory "
+                                  "(it is created if missing)")
+        try:
+            if not self.root.exists():
+                if not create:
+                    raise NotFound(f"data directory {self.root} does not exist")
+                self.root.mkdir(parents=True)
+            (self.root / "galleries").mkdir(exist_ok=True)
+        except OSError as exc:
+            raise InvalidArgument(f"cannot use data directory {self.root}: {exc.strerror or exc}") from None
         fd = os.open(str(self.root / ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -620,7 +627,10 @@ class GalleryStore:
         check_name(name)
         g = self.galleries.get(name)
         if g is None:
-            raise NotFound(f"gallery {name!r} not found")
+            have = sorted(self.galleries)
+            listed = ", ".join(repr(n) for n in have[:20]) + (f" … ({len(have)} in all)" if len(have) > 20 else "")
+            raise NotFound(f"gallery {name!r} not found; " + (f"existing galleries: {listed}" if have else
+                                                               "there are no galleries yet"))
         return g
 
     def list(self) -> list[GalleryInfo]:
@@ -698,7 +708,16 @@ class GalleryStore:
         return self.get(name).delete(ids, deadline=deadline)
 
     def search(self, name: str, queries, k: int, space_id: str = "", **kw):
+        """Raw results, one ``(ids, scores, metadata)`` per query (arrays, best first); see :meth:`search_hits`."""
         return self.get(name).search(queries, k, space_id=space_id, **kw)
+
+    def search_hits(self, name: str, queries, k: int, space_id: str = "", ef_search: int = 0,
+                    nprobe: int = 0) -> list[list[Hit]]:
+        """Like ``GalleryClient.batch_search``: one list of :class:`~hetsearch.hit.Hit` per query (``queries``:
+        [n, dim] or one [dim] vector), best first, under the same space guard and limits as the server."""
+        out = self.get(name).search(queries, k, space_id=space_id, ef_search=ef_search, nprobe=nprobe)
+        return [[Hit(int(i), float(s), m) for i, s, m in zip(ids.tolist(), scores.tolist(), meta)]
+                for ids, scores, meta in out]
 
     def snapshot(self, name: str | None = None, compact: bool = False, deadline=None) -> list[dict]:
         if name:
@@ -715,8 +734,17 @@ def open_offline(data_dir, create: bool = True, fsync: bool = True) -> GallerySt
     """Open (or create) a data directory without a server and load its galleries.
 
     Use as a context manager; the directory is locked against a concurrently
-    running server until closed. Methods: ``create_gallery``, ``upsert``,
-    ``delete``, ``search``, ``snapshot``, ``list``, ``drop_gallery``.
+    running server until closed (:class:`DataDirInUse` while one holds it)::
+
+        with open_offline("gallery-data") as store:
+            store.create_gallery("shoes", space_id, index_factory="HNSW32", exist_ok=True)
+            store.upsert("shoes", ids, vectors, metadata=names, space_id=space_id)  # durable on return
+            hits = store.search_hits("shoes", query_vectors, k=10, space_id=space_id)  # [[Hit, …], …]
+            store.snapshot("shoes")  # bounds the next start's log replay
+
+    Methods: ``create_gallery``, ``upsert``, ``delete``, ``search_hits`` (or ``search`` for raw arrays),
+    ``snapshot``, ``list``, ``drop_gallery``. Errors are the server's (``InvalidArgument``, ``NotFound``,
+    ``SpaceMismatch`` … in :mod:`hetsearch.gallery_server.errors`), raised instead of sent as statuses.
     """
     store = GalleryStore(data_dir, fsync=fsync).open(create=create)
     store.load_all()

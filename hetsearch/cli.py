@@ -14,6 +14,7 @@ import sys
 
 from . import __version__
 from .errors import HetsearchError, MissingDependency
+from .logsetup import configure_logging
 
 # Modules that contribute sub-commands, in the order they appear in --help.
 COMMAND_MODULES = (
@@ -93,10 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.verbose, quiet=bool(getattr(args, "quiet", False)))
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.command is None else 2

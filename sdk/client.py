@@ -27,6 +27,7 @@ import grpc
 import numpy as np
 
 from hetsearch.errors import HetsearchError, SpaceMismatchError
+from hetsearch.hit import Hit
 from hetsearch.v1 import gallery_pb2 as pb
 from hetsearch.v1 import gallery_pb2_grpc as pb_grpc
 
@@ -121,13 +122,6 @@ def error_from_rpc(exc: grpc.RpcError, method: str = "") -> GalleryClientError:
 
 
 # --------------------------------------------------------------------------- results
-@dataclass(frozen=True)
-class Hit:
-    id: int
-    score: float
-    metadata: str = ""
-
-
 @dataclass(frozen=True)
 class GalleryInfo:
     name: str

@@ -3,6 +3,7 @@ auth, TLS, health, reflection, metrics, concurrency and equality with in-process
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import urllib.request
@@ -406,16 +407,19 @@ def test_cli_help_has_examples(capsys):
         assert "examples:" in capsys.readouterr().out
 
 
-def test_gallery_admin_command(server, capsys):
+def test_gallery_admin_command(server, capsys, tmp_path):
     from hetsearch.gallery_server.__main__ import main
 
     addr = f"127.0.0.1:{server.port}"
     assert main(["gallery", "create", "shoes", "--space", SPACE, "--index", "HNSW32", "--server", addr]) == 0
     assert main(["gallery", "list", "--server", addr]) == 0
     assert "shoes" in capsys.readouterr().out
-    assert main(["gallery", "describe", "shoes", "--server", addr, "--json"]) == 0
+    assert main(["gallery", "describe", "shoes", "--server", addr, "--json", "-"]) == 0
     assert '"index_factory": "HNSW32"' in capsys.readouterr().out
+    out = tmp_path / "g.json"
+    assert main(["gallery", "describe", "shoes", "--server", addr, "--json", str(out)]) == 0
+    assert json.loads(out.read_text())[0]["index_factory"] == "HNSW32" and "HNSW32" in capsys.readouterr().out
     assert main(["gallery", "snapshot", "--server", addr]) == 0
     assert main(["gallery", "drop", "shoes", "--server", addr]) == 0
     assert main(["gallery", "describe", "shoes", "--server", addr]) == 2
-    assert "not found" in capsys.readouterr().err
+    assert "not found; there are no galleries yet" in capsys.readouterr().err
