@@ -34,15 +34,16 @@ from hetsearch.report import format_table, markdown_table, write_json
 
 REPO = Path(__file__).resolve().parent.parent
 COLUMNS = ["model", "format", "precision", "status", "size_kb", "cos_min", "cos_mean", "max_abs_diff",
-           "r1", "r1_delta", "p50_ms", "vs_paragon"]
+           "r1", "r1_delta", "p50_ms", "vs_paragon", "int8_float"]
 HEADERS = {"size_kb": "size (KB)", "cos_min": "cos min", "cos_mean": "cos mean", "max_abs_diff": "max abs diff",
-           "r1": "het R@1", "r1_delta": "R@1 Δ", "p50_ms": "p50 (ms)", "vs_paragon": "× paragon"}
+           "r1": "het R@1", "r1_delta": "R@1 Δ", "p50_ms": "p50 (ms)", "vs_paragon": "× paragon",
+           "int8_float": "int8: also float"}
 
 
 def _args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny models, fewer images and timed runs")
-    p.add_argument("--query", default=None, help="query checkpoint (default: train one)")
+    p.add_argument("--query", default=None, help="query checkpoint(s), comma-separated (default: train one)")
     p.add_argument("--gallery", default=None, help="gallery (paragon) checkpoint (default: train one)")
     p.add_argument("--work", default=str(REPO / "runs" / "bench_export"), help="where checkpoints and bundles go")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="where export.json/.md go")
@@ -88,8 +89,16 @@ def _rows(name: str, manifest: dict, profile: dict | None) -> list[dict]:
                          next(e["bytes"] for e in manifest["files"] if e["path"] == r["path"]) / 1e3, 1),
                      "cos_min": par.get("cos_min"), "cos_mean": par.get("cos_mean"),
                      "max_abs_diff": par.get("max_abs_diff"), "r1": com.get("r1"), "r1_delta": com.get("delta"),
+                     "r1_delta_se": com.get("delta_se"), "int8_float": _int8_float(manifest, r.get("path")),
                      "p50_ms": p50, "vs_paragon": ratio, "reason": r.get("reason") or rec.get("reason")})
     return rows
+
+
+def _int8_float(manifest: dict, path: str | None) -> str | None:
+    """What an int8 file kept in float beyond the fixed recipe (TFLite escalation level), for the table."""
+    entry = next((e for e in manifest["files"] if e["path"] == path), {})
+    tried = (entry.get("int8_recipe") or {}).get("parity_on_calibration_images")
+    return tried[-1]["float"] if tried else None
 
 
 def main(argv=None) -> int:
@@ -108,12 +117,16 @@ def main(argv=None) -> int:
     train, val = train_val_split(ds, 0.1, 0)
     small_train = train.subset(stratified_sample(train.labels, 1500 if args.quick else 6000, 1), "bench")
     if args.query and args.gallery:
-        gallery_dir, query_dir = Path(args.gallery), Path(args.query)
+        gallery_dir = Path(args.gallery)
+        query_dirs = [Path(q) for q in args.query.split(",") if q.strip()]
     elif args.query or args.gallery:
         print("give both --query and --gallery, or neither", file=sys.stderr)
         return 2
     else:
         gallery_dir, query_dir = _train(work / "models", args.quick, small_train)
+        query_dirs = [query_dir]
+    names = {"paragon": gallery_dir} | ({"query": query_dirs[0]} if len(query_dirs) == 1 else
+                                        {q.name: q for q in query_dirs})
     check = val.subset(stratified_sample(val.labels, n_check, 2), "check")
     calib = train.subset(stratified_sample(train.labels, args.calib_samples, 1), "calib")
 
@@ -128,7 +141,7 @@ def main(argv=None) -> int:
         profile_note = "latency not measured: hetsearch.export.profile is not installed"
 
     bundles, manifests, timings, trained = {}, {}, {}, {}
-    for name, ckpt_dir in (("paragon", gallery_dir), ("query", query_dir)):
+    for name, ckpt_dir in names.items():
         ckpt = load_checkpoint(ckpt_dir)
         trained[name] = {k: v for k, v in (ckpt.meta.get("train_config") or {}).items()
                          if isinstance(v, (int, float, str, bool))}
@@ -139,20 +152,27 @@ def main(argv=None) -> int:
                                         threads=args.threads)
         timings[name] = round(time.perf_counter() - t0, 1)
 
-    profile = None
+    profiles: dict = {}
     if profile_bundle is not None:
         runs, warmup, min_s = (30, 3, 0.2) if args.quick else (200, 10, 1.0)
-        try:
-            profile = profile_bundle(bundles["query"], "local", threads=1, warmup=warmup, runs=runs,
-                                     min_seconds=min_s, paragon=bundles["paragon"])
-        except Exception as exc:  # report, keep the parity/compat results
-            profile_note = f"profiling failed: {type(exc).__name__}: {exc}"
-            print(profile_note, file=sys.stderr)
+        for name in names:
+            if name == "paragon":
+                continue
+            try:
+                profiles[name] = profile_bundle(bundles[name], "local", threads=1, warmup=warmup, runs=runs,
+                                                min_seconds=min_s, paragon=bundles["paragon"])
+            except Exception as exc:  # report, keep the parity/compat results
+                profile_note = f"profiling failed: {type(exc).__name__}: {exc}"
+                print(profile_note, file=sys.stderr)
+    profile = next(iter(profiles.values()), None)
     paragon_profile = None
     if profile and profile.get("paragon"):
         paragon_profile = {"results": profile["paragon"]["results"], "paragon": {"results": profile["paragon"]["results"]}}
 
-    rows = _rows("paragon", manifests["paragon"], paragon_profile) + _rows("query", manifests["query"], profile)
+    rows = _rows("paragon", manifests["paragon"], paragon_profile)
+    for name in names:
+        if name != "paragon":
+            rows += _rows(name, manifests[name], profiles.get(name))
     models = {name: {"model_id": m["model_id"], "architecture": m["architecture"].get("name") or m["architecture"]["family"],
                      "mmacs": m["macs"] / 1e6, "params": m["params"], "space_id": m["space_id"],
                      "export_seconds": timings[name], "failures": m["failures"], "training": trained[name],
@@ -182,7 +202,10 @@ def main(argv=None) -> int:
                   f"PyTorch heterogeneous R@1 {_pct(m['pytorch_r1'])}, gallery R@1 {_pct(m['gallery_r1'])}; "
                   f"export + checks {m['export_seconds']} s; training: "
                   + (", ".join(f"{k}={v}" for k, v in m["training"].items()) or "-"))
-    md += ["", "R@1 Δ: heterogeneous R@1 of the file's embeddings minus the PyTorch model's (points). "
+    md += ["", "R@1 Δ: heterogeneous R@1 of the file's embeddings minus the PyTorch model's (points), ± its paired "
+           "standard error over the same images. 'int8: also float': the TFLite int8 escalation level kept (the "
+           "fixed recipe keeps I/O, squeeze-excitation branches, pooling, the dense head's activations and the L2 "
+           "norm float in every int8 file). "
            "Core ML numbers need macOS. " + (profile_note or "Latency: local, one thread, p50."), "",
            markdown_table(_display(rows), COLUMNS, headers=HEADERS)]
     (out / "export.md").write_text("\n".join(md) + "\n")
@@ -203,6 +226,8 @@ def _display(rows: list[dict]) -> list[dict]:
         for key, n in _DIGITS.items():
             if isinstance(d.get(key), float):
                 d[key] = f"{d[key]:+.{n}f}" if key == "r1_delta" else f"{d[key]:.{n}f}"
+        if isinstance(r.get("r1_delta"), float) and isinstance(r.get("r1_delta_se"), float):
+            d["r1_delta"] += f" ± {r['r1_delta_se']:.2f}"
         out.append(d)
     return out
 

@@ -56,7 +56,7 @@ DEFAULT_PARITY = {
 }
 DEFAULT_COMPAT_DROP = {"fp32": 0.2, "fp16": 0.5, "int8": 1.5}
 DEFAULT_MIN_COMPAT_RATIO = 0.5
-DEFAULT_CHECK_SAMPLES = 300
+DEFAULT_CHECK_SAMPLES = 2000  # the CLI default (export/check --check-samples)
 DEFAULT_CALIB_SAMPLES = 200
 
 PASSED, FAILED, SKIPPED, ERROR = "passed", "failed", "skipped", "error"

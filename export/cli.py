@@ -90,7 +90,9 @@ def register(sub) -> None:
                    help="gallery checkpoint: run the compatibility gate against its embeddings")
     p.add_argument("--calib-data", default=None, metavar="SRC",
                    help="int8 calibration images (same kinds as --data; default: the training part of --data)")
-    p.add_argument("--calib-samples", type=int, default=200, help="calibration images for int8 (default: 200)")
+    p.add_argument("--calib-samples", type=int, default=200,
+                   help="calibration images for int8 (default: 200; TFLite holds a quarter of them out to choose "
+                        "how much of the graph stays float)")
     p.add_argument("--no-check", action="store_true", help="export only; no parity or compatibility checks")
     p.add_argument("--threads", type=int, default=1, help="runtime threads for the checks (default: 1)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the manifest and table as JSON")

@@ -111,6 +111,7 @@ MANIFEST_SCHEMA: dict = {
                     "calibration_images": {"type": "integer", "minimum": 1},
                     "float_nodes": {"type": "array", "items": {"type": "string"}},
                     "widened_ranges": {"type": "integer", "minimum": 0},
+                    "int8_recipe": {"type": "object", "required": ["parity_on_calibration_images", "met"]},
                     "export_seconds": {"type": "number", "minimum": 0},
                 },
                 "allOf": [

@@ -458,9 +458,14 @@ def test_int8_keeps_working_when_a_layer_never_fires(data, tmp_path, monkeypatch
     assert entry["widened_ranges"] >= 1
     rec = manifest["checks"]["model-int8.tflite"]
     assert rec["status"] == "passed" and rec["parity"]["cos_min"] >= 0.9, rec.get("reason")
+    (body,) = entry["int8_recipe"]["parity_on_calibration_images"]  # the whole body stayed int8
+    assert body["float"] == "int8 body" and body["cos_min"] >= 0.9 and entry["int8_recipe"]["met"]
     monkeypatch.setattr(exporter, "widen_zero_ranges", lambda calibration: [])
-    broken = export(tmp_path / "unfixed")["checks"]["model-int8.tflite"]
-    assert broken["status"] == "failed" and broken["parity"]["cos_mean"] < 0.9, broken["parity"]
+    unfixed = mf.file_entry(export(tmp_path / "unfixed"), "model-int8.tflite")["int8_recipe"]
+    # without widening the int8 body computes garbage on the held-out calibration images, and only keeping the
+    # dead block's stage float (the escalation) rescues the file
+    tried = unfixed["parity_on_calibration_images"]
+    assert tried[0]["cos_mean"] < 0.9 and len(tried) > 1, tried
 
 
 def test_int8_onnx_keeps_the_gate_and_the_norm_in_float(bundle):
