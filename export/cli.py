@@ -25,9 +25,10 @@ it and calibration --calib-samples of the rest. The evaluation split is never to
 
 Every file takes float32 pixels [1, C, H, W] in [0, 255] named "pixels" and returns an L2-normalised
 "embedding" [1, dim]; manifest.json records sha256, parity and compatibility of each file. A
-format that fails to convert is listed as failed and the rest continue. Exit status: 0, or 3 when
-a check failed (the files stay in the bundle, marked failed in manifest.json; the SDK refuses them),
-2 on bad input.
+format that fails to convert is listed as failed and the rest continue. A file whose checks fail
+is removed from the bundle (listed under "failures" in manifest.json) and the exit status is 3;
+--report-only keeps it, marked failed (the SDK refuses it without an override), and exits 0.
+Exit status 2 on bad input.
 """
 
 CHECK_EPILOG = """\
@@ -39,13 +40,13 @@ examples:
   hetsearch check bundles/query --gallery runs/gallery --data data.npz --check-samples 500 --json check.json
 
   # a bundle for another gallery: report instead of refusing
-  hetsearch check bundles/query --gallery runs/gallery-v2 --allow-mismatch
+  hetsearch check bundles/query --gallery runs/gallery-v2 --allow-space-mismatch --report-only
 
 Parity needs the PyTorch weights, which a bundle does not carry: pass --query CKPT (the checkpoint
 the bundle was exported from; the manifest's weights digest is checked). The compatibility gate
 needs only --gallery. Every file's sha256 is verified first. Exit status: 0 when every check
-passed, 3 when one failed (--allow-mismatch accepts a gallery of another embedding space, never a
-failed check), 2 on bad input or a tampered file.
+passed, 3 when one failed (0 with --report-only; --allow-space-mismatch accepts a gallery of another
+embedding space, never a failed check), 2 on bad input or a tampered file.
 """
 
 
@@ -70,9 +71,12 @@ def _add_gate_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--min-compat-ratio", type=float, default=None,
                    help="heterogeneous R@1 must be at least this fraction of the gallery model's own R@1 "
                         "(default: 0.5)")
-    g.add_argument("--allow-mismatch", action="store_true",
-                   help="accept a gallery of a different embedding space (compatibility reported, not enforced "
-                        "as a space match); failed checks still exit 3")
+    g.add_argument("--allow-space-mismatch", "--allow-mismatch", dest="allow_mismatch", action="store_true",
+                   help="accept a gallery of a different embedding space (its compatibility is reported, not "
+                        "refused); failed checks still fail")
+    g.add_argument("--report-only", action="store_true",
+                   help="report failed checks and exit 0; export keeps the failed files in the bundle, marked "
+                        "failed in manifest.json (the SDK refuses them without an override)")
 
 
 def register(sub) -> None:
@@ -155,7 +159,7 @@ def _failed_message(results: dict) -> str:
     bad = failed_records(results)
     return (f"{len(bad)} of {len(results)} files failed the checks:\n  - "
             + "\n  - ".join(f"{p}: {r.get('reason')}" for p, r in bad.items())
-            + "\n(the files stay in the bundle, marked failed in manifest.json; the SDK refuses them)")
+            + "\n(--report-only reports without failing)")
 
 
 # ----------------------------------------------------------------------------- commands
@@ -192,7 +196,8 @@ def cmd_export(args) -> int:
         raise HetsearchError("--threads must be at least 1")
     manifest = export_bundle(args.checkpoint, args.out, formats=formats, precisions=precisions, calib_data=calib,
                              gallery=args.gallery, check_data=check, thresholds=thresholds,
-                             progress=not args.quiet, allow_mismatch=args.allow_mismatch, threads=args.threads)
+                             progress=not args.quiet, allow_mismatch=args.allow_mismatch, threads=args.threads,
+                             keep_failed=args.report_only)
     if args.quiet:
         print(format_summary(manifest))
     if args.json:
@@ -201,7 +206,12 @@ def cmd_export(args) -> int:
         print(f"warning: {len(manifest['failures'])} format/precision combinations failed to export "
               "(see the table and manifest.json 'failures')", file=sys.stderr)
     if failed_records(manifest["checks"]):
-        raise CheckFailed(_failed_message(manifest["checks"]))
+        if not args.report_only:
+            raise CheckFailed(_failed_message(manifest["checks"])
+                              .replace("(--report-only reports without failing)",
+                                       "(removed from the bundle; --report-only keeps them, marked failed)"))
+        print("warning: " + _failed_message(manifest["checks"]).replace(
+            "(--report-only reports without failing)", "(kept, marked failed: --report-only)"), file=sys.stderr)
     return 0
 
 
@@ -232,5 +242,8 @@ def cmd_check(args) -> int:
         write_json(args.json, {"bundle": str(args.bundle), "passed": ok, "rows": summary_rows(shown, results),
                                "results": results})
     if not ok:
-        raise CheckFailed(_failed_message(results))
+        if not args.report_only:
+            raise CheckFailed(_failed_message(results))
+        print("warning: " + _failed_message(results).replace("(--report-only reports without failing)",
+                                                             "(reported only: --report-only)"), file=sys.stderr)
     return 0

@@ -48,7 +48,7 @@ import numpy as np
 
 from hetsearch import __version__ as HETSEARCH_VERSION
 from hetsearch import manifest as mf
-from hetsearch.errors import BundleError, HetsearchError, SpaceMismatchError
+from hetsearch.errors import BundleError, CheckFailed, HetsearchError, SpaceMismatchError
 from hetsearch.report import format_table
 
 from . import checks as ck
@@ -464,7 +464,7 @@ def _pixels(model, data, what: str) -> np.ndarray | None:
 
 def export_bundle(checkpoint, out_dir, formats=("onnx", "tflite", "coreml"), precisions=("fp32",),
                   calib_data=None, gallery=None, check_data=None, thresholds=None, progress=True,
-                  *, allow_mismatch: bool = False, threads: int = 1) -> dict:
+                  *, allow_mismatch: bool = False, threads: int = 1, keep_failed: bool = False) -> dict:
     """Export ``checkpoint`` (a checkpoint directory or a loaded Checkpoint) to ``out_dir``.
 
     ``calib_data`` — training images (ImageSet or uint8 N×C×H×W) for int8 calibration (≤ 1000 used);
@@ -473,7 +473,9 @@ def export_bundle(checkpoint, out_dir, formats=("onnx", "tflite", "coreml"), pre
     :func:`hetsearch.export.checks.merge_thresholds`. A gallery whose embedding space differs from the
     checkpoint's raises :class:`SpaceMismatchError` before anything is converted, unless
     ``allow_mismatch``. Returns the manifest (also written to ``out_dir/manifest.json``); a
-    format/precision that fails is listed in ``manifest["failures"]`` and the rest continue.
+    format/precision that fails is listed in ``manifest["failures"]`` and the rest continue. A file whose
+    checks fail is removed from the bundle and listed there too (``"stage": "checks"``), unless
+    ``keep_failed`` (then it stays, marked failed in ``checks``; the SDK refuses it without an override).
     """
     from hetsearch.cmpnas.checkpoint import Checkpoint, load_checkpoint, weights_digest
 
@@ -553,6 +555,16 @@ def export_bundle(checkpoint, out_dir, formats=("onnx", "tflite", "coreml"), pre
                     r = results[name]
                     say(f"{fmt} {prec}: checks {r['status']}" + (f" ({r['reason']})" if r.get("reason") else ""))
 
+    if not keep_failed:
+        for entry in list(files):
+            r = results.get(entry["path"]) or {}
+            if r.get("status") in (ck.FAILED, ck.ERROR):
+                path = out / entry["path"]
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+                files.remove(entry)
+                failures.append({"format": entry["format"], "precision": entry["precision"], "stage": "checks",
+                                 "reason": f"removed from the bundle: its checks failed ({r.get('reason')})"})
+                say(f"{entry['format']} {entry['precision']}: removed {entry['path']} (checks failed)")
     manifest = {
         "schema_version": mf.SCHEMA_VERSION,
         "model_id": str(ckpt.name),
@@ -574,7 +586,8 @@ def export_bundle(checkpoint, out_dir, formats=("onnx", "tflite", "coreml"), pre
     if ctx is not None:
         manifest["check_config"] = {**ctx.info, "thresholds": thresholds}
     if not files:  # nothing to vouch for: no manifest, the error lists every reason
-        raise BundleError("no file could be exported:\n  - " + "\n  - ".join(
+        err = CheckFailed if any(f.get("stage") == "checks" for f in failures) else BundleError
+        raise err("no file could be exported and checked:\n  - " + "\n  - ".join(
             f"{f['format']} {f['precision']}: {f['reason']}" for f in failures))
     mf.save(out, manifest)
     if progress:
@@ -637,7 +650,8 @@ def summary_rows(manifest: dict, results: dict | None = None) -> list[dict]:
             "path": e["path"],
         })
     for f in manifest.get("failures", []):
-        rows.append({"format": f["format"], "precision": f["precision"], "status": "export failed",
+        rows.append({"format": f["format"], "precision": f["precision"],
+                     "status": "failed checks (removed)" if f.get("stage") == "checks" else "export failed",
                      "size": None, "parity": None, "compat": None, "latency": None, "reason": f["reason"]})
     order = {f: i for i, f in enumerate(mf.FORMATS)}
     porder = {p: i for i, p in enumerate(mf.PRECISIONS)}

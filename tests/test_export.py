@@ -278,7 +278,7 @@ def untrained_bundle(tmp_path_factory, data, pair):
     torch.manual_seed(3)
     save_checkpoint(root / "query", build_model("mbv3-tiny"), kind="query", space_id=gallery.space_id)
     manifest = export_bundle(root / "query", root / "bundle", formats=("onnx",), precisions=("fp32", "int8"),
-                             gallery=gallery.path, check_data=data[1], progress=False)
+                             gallery=gallery.path, check_data=data[1], progress=False, keep_failed=True)
     return root, manifest
 
 
@@ -311,9 +311,11 @@ def test_check_cli_exit_codes(untrained_bundle, bundle, pair, tmp_path, capsys):
     assert main(args) == CheckFailed.exit_code == 3
     err = capsys.readouterr().err
     assert "failed the checks" in err and "Traceback" not in err
-    # accepting another embedding space never accepts a failed check
-    assert main(args + ["--allow-mismatch"]) == 3
+    # accepting another embedding space never accepts a failed check; --report-only reports it
+    assert main(args + ["--allow-space-mismatch"]) == 3
     assert "failed the checks" in capsys.readouterr().err
+    assert main(args + ["--report-only"]) == 0
+    assert "warning: 1 of 1 files failed the checks" in capsys.readouterr().err
     out_json = tmp_path / "check.json"
     rc = main(["check", str(bundle[0]), "--gallery", str(gallery.path), "--query", str(query.path),
                "--files", "model-fp32.onnx,model-int8.tflite", "--json", str(out_json)])
@@ -379,6 +381,43 @@ def test_export_cli_end_to_end(pair, tmp_path, capsys):
     assert "unknown format 'pb'" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "nope"), "--out", str(out), "--no-check"]) == 2
     assert "no hetsearch checkpoint" in capsys.readouterr().err
+
+
+def test_files_that_fail_their_checks_leave_the_bundle(untrained_bundle, pair, data, tmp_path, capsys):
+    from hetsearch.cli import main
+    from hetsearch.sdk.model import QueryModel
+
+    root, _ = untrained_bundle
+    gallery, _ = pair
+    args = ["export", str(root / "query"), "--formats", "onnx,tflite", "--precision", "fp32", "--gallery",
+            str(gallery.path), "--check-samples", "300", "--quiet"]
+    assert main(args + ["--out", str(tmp_path / "gated")]) == CheckFailed.exit_code
+    err = capsys.readouterr().err
+    assert "no file could be exported and checked" in err and "removed from the bundle" in err
+    assert not list((tmp_path / "gated").glob("model-*"))  # nothing unvouched-for is left behind
+    assert main(args + ["--out", str(tmp_path / "kept"), "--report-only"]) == 0
+    assert "kept, marked failed: --report-only" in capsys.readouterr().err
+    kept = mf.load(tmp_path / "kept")
+    assert {e["path"] for e in kept["files"]} == {"model-fp32.onnx", "model-fp32.tflite"}
+    assert all(kept["checks"][p]["status"] == "failed" for p in ("model-fp32.onnx", "model-fp32.tflite"))
+    with pytest.raises(BundleError, match="failed its checks at export"):
+        QueryModel.load(tmp_path / "kept")
+
+
+def test_a_failed_file_is_removed_and_the_rest_stay(bundle, pair, data, tmp_path):
+    from hetsearch.export.exporter import export_bundle
+
+    gallery, query = pair
+    strict = {"compat_drop": {"fp32": -100.0}}  # an fp32 gate no file can pass: R@1 must rise by 100 points
+    m = export_bundle(query.path, tmp_path / "b", formats=("onnx",), precisions=("fp32", "fp16"),
+                      gallery=gallery.path, check_data=data[1], thresholds=strict, progress=False)
+    assert [e["path"] for e in m["files"]] == ["model-fp16.onnx"] and (tmp_path / "b" / "model-fp16.onnx").exists()
+    assert not (tmp_path / "b" / "model-fp32.onnx").exists()
+    (failure,) = m["failures"]
+    assert failure["stage"] == "checks" and failure["precision"] == "fp32" and "more than -100" in failure["reason"]
+    from hetsearch.export.exporter import format_summary
+
+    assert "failed checks (removed)" in format_summary(m)
 
 
 @pytest.mark.parametrize("command", ["export", "check"])
