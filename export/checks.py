@@ -264,8 +264,8 @@ def check_file(bundle: str | os.PathLike, entry: dict, ctx: CheckContext, thresh
     t0 = time.perf_counter()
     try:
         runner = open_runner(bundle, entry, threads=threads, verify=verify)
-    except NeedsPlatform:
-        reason = "needs macOS"
+    except NeedsPlatform as exc:
+        reason = "needs macOS" if entry["format"] == "coreml" else str(exc)
         rec["parity"] = {"status": SKIPPED, "reason": reason}
         rec["compat"] = {"status": SKIPPED, "reason": reason}
         rec.update(status=SKIPPED, reason=reason)

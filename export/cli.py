@@ -86,8 +86,9 @@ def register(sub) -> None:
                        epilog=EXPORT_EPILOG, formatter_class=RAW)
     p.add_argument("checkpoint", metavar="CKPT", help="checkpoint directory (hetsearch train query / nas)")
     p.add_argument("--out", required=True, metavar="BUNDLE", help="bundle directory to write")
-    p.add_argument("--formats", default="onnx,tflite,coreml", help="comma-separated: onnx,tflite,coreml or all "
-                                                                 "(default: all three)")
+    p.add_argument("--formats", default="onnx,tflite,coreml",
+                   help="comma-separated: onnx,tflite,coreml,mediapipe or all (default: onnx,tflite,coreml); "
+                        "mediapipe is a .tflite for MediaPipe Tasks' ImageEmbedder (uint8 RGB input, fp32)")
     p.add_argument("--precision", "--precisions", dest="precision", default="fp32",
                    help="comma-separated: fp32,fp16,int8 or all (default: fp32)")
     p.add_argument("--gallery", default=None, metavar="DIR",

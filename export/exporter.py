@@ -56,13 +56,13 @@ from .runners import captured_output as _captured
 
 log = logging.getLogger("hetsearch.export")
 
-EXTENSIONS = {"onnx": ".onnx", "tflite": ".tflite", "coreml": ".mlpackage"}
-RUNTIMES = {"onnx": "onnxruntime", "tflite": "litert", "coreml": "coreml"}
+EXTENSIONS = {"onnx": ".onnx", "tflite": ".tflite", "coreml": ".mlpackage", "mediapipe": "-mediapipe.tflite"}
+RUNTIMES = {"onnx": "onnxruntime", "tflite": "litert", "coreml": "coreml", "mediapipe": "mediapipe"}
 COREML_TARGET = "iOS16"
 MAX_CALIB_IMAGES = 1000
 TOOL_PACKAGES = ("torch", "onnx", "onnxscript", "onnxruntime", "litert-torch", "ai-edge-litert",
                  "ai-edge-quantizer", "coremltools", "numpy")
-_OUR_FILE = re.compile(r"^model-(fp32|fp16|int8)\.(onnx|tflite|mlpackage)$")
+_OUR_FILE = re.compile(r"^model-(fp32|fp16|int8)(-mediapipe)?\.(onnx|tflite|mlpackage)$")
 
 
 def file_name(fmt: str, precision: str) -> str:
@@ -115,6 +115,28 @@ def _named_output_module(model):
             return {"embedding": self.inner(pixels)}
 
     return NamedEmbedding(model).eval()
+
+
+def _mediapipe_module(model):
+    """MediaPipe ImageEmbedder's contract around the model: uint8 RGB N×H×W×3 in, [1, dim] out. The
+    grayscale conversion (ITU-R 601 luma, what the SDK's PIL path does) and the normalisation are in the graph,
+    so the file needs no normalisation metadata."""
+    import torch
+    import torch.nn as nn
+
+    class MediaPipeEmbedding(nn.Module):
+        def __init__(self, inner, channels: int):
+            super().__init__()
+            self.inner, self.channels = inner, channels
+            self.register_buffer("luma", torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1))
+
+        def forward(self, image):
+            x = image.to(torch.float32).permute(0, 3, 1, 2)
+            if self.channels == 1:
+                x = (x * self.luma).sum(dim=1, keepdim=True)
+            return self.inner(x)
+
+    return MediaPipeEmbedding(model, int(model.in_channels)).eval()
 
 
 class _Converter:
@@ -326,6 +348,22 @@ class _Converter:
                 minimum_deployment_target=getattr(ct.target, COREML_TARGET),
             )
         return self._base[key]
+
+    # ---- MediaPipe (a .tflite with ImageEmbedder's input contract)
+
+    def mediapipe(self, precision: str, path: Path) -> dict:
+        if precision != "fp32":
+            raise BundleError(f"MediaPipe files are exported in fp32 only (asked for {precision}); the bundle's "
+                              ".tflite files carry the other precisions")
+        import litert_torch
+        import torch
+
+        h, w = (int(v) for v in self.model.input_size)
+        sample = torch.zeros(1, h, w, 3, dtype=torch.uint8)
+        litert_torch.convert(_mediapipe_module(self.model), (sample,)).export(str(path))
+        return {"layout": "NHWC", "input_dtype": "uint8", "input_color": "rgb", "input_name": "image",
+                "consumer": "MediaPipe Tasks ImageEmbedder (uint8 RGB in, no metadata needed; the grayscale "
+                            "conversion and normalisation are in the graph)"}
 
     def coreml(self, precision: str, path: Path) -> dict:
         extra: dict[str, Any] = {"deployment_target": COREML_TARGET, "model_type": "mlprogram"}

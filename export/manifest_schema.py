@@ -11,7 +11,7 @@ import json
 
 _HEX64 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
 _PRECISION = {"enum": ["fp32", "fp16", "int8"]}
-_FORMAT = {"enum": ["onnx", "tflite", "coreml"]}
+_FORMAT = {"enum": ["onnx", "tflite", "coreml", "mediapipe"]}
 _STATUS = {"enum": ["passed", "failed", "skipped", "error"]}
 _NUM_OR_NULL = {"type": ["number", "null"]}
 
@@ -94,12 +94,13 @@ MANIFEST_SCHEMA: dict = {
                 "type": "object",
                 "required": ["path", "format", "precision", "sha256", "bytes", "runtime"],
                 "properties": {
-                    "path": {"type": "string", "pattern": "^model-(fp32|fp16|int8)\\.(onnx|tflite|mlpackage)$"},
+                    "path": {"type": "string",
+                             "pattern": "^model-(fp32|fp16|int8)(-mediapipe)?\\.(onnx|tflite|mlpackage)$"},
                     "format": _FORMAT,
                     "precision": _PRECISION,
                     "sha256": _HEX64,
                     "bytes": {"type": "integer", "minimum": 1},
-                    "runtime": {"enum": ["onnxruntime", "litert", "coreml"]},
+                    "runtime": {"enum": ["onnxruntime", "litert", "coreml", "mediapipe"]},
                     "layout": {"enum": ["NCHW", "NHWC"]},
                     "input_name": {"type": "string"},
                     "output_name": {"type": "string"},
@@ -113,6 +114,9 @@ MANIFEST_SCHEMA: dict = {
                     "widened_ranges": {"type": "integer", "minimum": 0},
                     "int8_recipe": {"type": "object", "required": ["parity_on_calibration_images", "met"]},
                     "export_seconds": {"type": "number", "minimum": 0},
+                    "input_dtype": {"enum": ["float32", "uint8"]},
+                    "input_color": {"enum": ["grayscale", "rgb"]},
+                    "consumer": {"type": "string"},
                 },
                 "allOf": [
                     {"if": {"properties": {"format": {"const": "onnx"}}},
@@ -121,6 +125,9 @@ MANIFEST_SCHEMA: dict = {
                      "then": {"properties": {"path": {"pattern": "\\.tflite$"}}}},
                     {"if": {"properties": {"format": {"const": "coreml"}}},
                      "then": {"properties": {"path": {"pattern": "\\.mlpackage$"}}}},
+                    {"if": {"properties": {"format": {"const": "mediapipe"}}},
+                     "then": {"properties": {"path": {"pattern": "-mediapipe\\.tflite$"}, "layout": {"const": "NHWC"},
+                                             "input_dtype": {"const": "uint8"}}}},
                 ],
             },
         },

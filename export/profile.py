@@ -437,7 +437,7 @@ def profile_bundle(bundle: str | Path, target: str = "local", threads: int | Non
     for entry in entries:  # nothing is profiled that the manifest does not vouch for
         manifest_mod.verify_file(bundle, entry)
 
-    runnable = [e for e in entries if tgt.kind != "adb" or e["format"] == "tflite"]
+    runnable = [e for e in entries if (tgt.kind != "adb" or e["format"] == "tflite") and e["format"] != "mediapipe"]
     if tgt.kind == "local":
         measured = _local_profile(bundle, runnable, tgt, settings, timeout=timeout)
     elif tgt.kind == "ssh":
@@ -451,7 +451,9 @@ def profile_bundle(bundle: str | Path, target: str = "local", threads: int | Non
     for entry in entries:
         r = by_path.get(entry["path"]) or {
             "file": entry["path"], "status": "skipped",
-            "error": "adb targets run .tflite files only (LiteRT benchmark_model)"}
+            "error": ("MediaPipe files run inside MediaPipe Tasks (profile them in the app); the profiler runs "
+                      "the bundle's .onnx/.tflite files" if entry["format"] == "mediapipe" else
+                      "adb targets run .tflite files only (LiteRT benchmark_model)")}
         r.update(format=entry["format"], precision=entry["precision"])
         results.append(r)
 

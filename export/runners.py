@@ -128,6 +128,41 @@ class CoreMLRunner(Runner):
         return self.model.predict({INPUT_NAME: x})[OUTPUT_NAME]
 
 
+class MediaPipeRunner(Runner):
+    """The file through MediaPipe Tasks' real ImageEmbedder (what an app calls), fed RGB uint8 images."""
+
+    runtime = "mediapipe"
+
+    def __init__(self, path, entry=None, threads=1):
+        super().__init__(path, entry, threads)
+        try:
+            import mediapipe as mp
+            from mediapipe.tasks import python as mp_tasks
+            from mediapipe.tasks.python import vision
+        except ImportError:
+            raise NeedsPlatform("needs the mediapipe package (pip install mediapipe)") from None
+        self._mp = mp
+        opts = vision.ImageEmbedderOptions(base_options=mp_tasks.BaseOptions(model_asset_path=str(self.path)),
+                                           l2_normalize=False, quantize=False)
+        try:
+            self.embedder = vision.ImageEmbedder.create_from_options(opts)
+        except Exception as exc:
+            raise BundleError(f"{self.path}: MediaPipe's ImageEmbedder cannot load this file ({_first_line(exc)})") \
+                from exc
+
+    def embed(self, pixels: np.ndarray) -> np.ndarray:
+        x = np.asarray(pixels)
+        if x.shape[1] == 1:  # grayscale check images: the same gray in R, G and B
+            x = np.repeat(x, 3, axis=1)
+        rgb = np.clip(np.rint(x.astype(np.float32)), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+        out = []
+        for img in rgb:
+            res = self.embedder.embed(self._mp.Image(image_format=self._mp.ImageFormat.SRGB,
+                                                     data=np.ascontiguousarray(img)))
+            out.append(np.asarray(res.embeddings[0].embedding, np.float32))
+        return np.stack(out)
+
+
 @contextlib.contextmanager
 def captured_output(sink: list):
     """Silence the converters' console chatter (Python and C++), keeping it for error messages."""
@@ -160,7 +195,7 @@ def captured_output(sink: list):
 
 
 
-RUNNERS = {"onnx": OnnxRunner, "tflite": TFLiteRunner, "coreml": CoreMLRunner}
+RUNNERS = {"onnx": OnnxRunner, "tflite": TFLiteRunner, "coreml": CoreMLRunner, "mediapipe": MediaPipeRunner}
 
 
 def open_runner(bundle: str | os.PathLike, entry: dict, threads: int = 1, verify: bool = True) -> Runner:

@@ -51,7 +51,7 @@ from .space import is_space_id
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-FORMATS = ("onnx", "tflite", "coreml")
+FORMATS = ("onnx", "tflite", "coreml", "mediapipe")  # mediapipe: a .tflite for MediaPipe Tasks' ImageEmbedder
 PRECISIONS = ("fp32", "fp16", "int8")
 LAYOUTS = ("NCHW", "NHWC")
 COLORS = ("grayscale", "rgb")

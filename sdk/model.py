@@ -170,6 +170,9 @@ class QueryModel:
             entry, backend = choose_file(manifest, backend, precision, allow_failed=allow_failed)
         else:
             entry = manifest_mod.file_entry(manifest, rel)
+            if entry["format"] not in FORMAT_OF_BACKEND.values():
+                raise BundleError(f"{rel} is a {entry['format']} file ({entry.get('consumer') or 'not for this SDK'}); "
+                                  "load the bundle's .onnx or .tflite files with the SDK")
             why = failed_check(manifest, rel)
             if why and not allow_failed:
                 raise BundleError(f"{rel} failed its checks at export ({why}); it may not land in the gallery's "

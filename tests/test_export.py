@@ -520,3 +520,41 @@ def test_int8_onnx_keeps_the_gate_and_the_norm_in_float(bundle):
     producer = {o: n for n in graph.node for o in n.output}
     assert producer["embedding"].op_type == "Div"  # not a DequantizeLinear: the output is computed in float
     assert "gating multiplies and the L2 normalisation" in entry["quantization"]
+
+
+def test_mediapipe_image_embedder_runs_the_exported_file(pair, data, fmnist_test, tmp_path):
+    """The real MediaPipe Tasks ImageEmbedder loads the file and its embeddings match the SDK's on the same RGB
+    images (the grayscale conversion and normalisation live in the graph)."""
+    pytest.importorskip("mediapipe")
+    import mediapipe as mp
+    from mediapipe.tasks import python as mp_tasks
+    from mediapipe.tasks.python import vision
+
+    from hetsearch.export.exporter import export_bundle
+    from hetsearch.sdk.model import QueryModel
+
+    gallery, query = pair
+    m = export_bundle(query.path, tmp_path / "b", formats=("tflite", "mediapipe"), precisions=("fp32", "int8"),
+                      calib_data=data[0].subset(np.arange(0, 1500, 10)), gallery=gallery.path, check_data=data[1],
+                      progress=False)
+    entry = mf.file_entry(m, "model-fp32-mediapipe.tflite")
+    assert (entry["format"], entry["layout"], entry["input_dtype"], entry["runtime"]) == (
+        "mediapipe", "NHWC", "uint8", "mediapipe")
+    rec = m["checks"]["model-fp32-mediapipe.tflite"]  # checked through ImageEmbedder itself
+    assert rec["status"] == "passed" and rec["parity"]["cos_min"] >= 0.999, rec
+    (fail,) = [f for f in m["failures"] if f["format"] == "mediapipe"]
+    assert fail["precision"] == "int8" and "fp32 only" in fail["reason"]
+    # colour images: the same photo through MediaPipe and through the SDK (PIL's luma, then the .tflite)
+    gray = fmnist_test.images[:8, :, :, 0].astype(np.float32)
+    tint = np.array([1.0, 0.8, 0.55], np.float32)
+    rgb = np.clip(gray[..., None] * tint, 0, 255).astype(np.uint8)
+    opts = vision.ImageEmbedderOptions(base_options=mp_tasks.BaseOptions(
+        model_asset_path=str(tmp_path / "b" / entry["path"])), l2_normalize=False)
+    with vision.ImageEmbedder.create_from_options(opts) as embedder:
+        got = np.stack([np.asarray(embedder.embed(mp.Image(image_format=mp.ImageFormat.SRGB, data=img))
+                                   .embeddings[0].embedding, np.float32) for img in rgb])
+    sdk = QueryModel.load(tmp_path / "b", backend="litert").embed(list(rgb))
+    cos = (got * sdk).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(sdk, axis=1)
+    assert cos.min() >= 0.999, cos
+    with pytest.raises(BundleError, match="is a mediapipe file"):
+        QueryModel.load(tmp_path / "b" / entry["path"])
