@@ -53,6 +53,7 @@ def _args(argv=None):
     p.add_argument("--calib-samples", type=int, default=200)
     p.add_argument("--threads", type=int, default=1, help="torch and runtime threads")
     p.add_argument("--no-profile", action="store_true", help="skip latency profiling")
+    p.add_argument("--note", default=None, help="a sentence for the report (e.g. what else ran on the machine)")
     return p.parse_args(argv)
 
 
@@ -190,13 +191,15 @@ def main(argv=None) -> int:
         "profile": {"target": "local", "threads": 1, "note": profile_note,
                     "host": (profile or {}).get("host")} if profile or profile_note else None,
         "tools": tool_versions(),
+        "note": args.note,
         "rows": rows,
     }
     out = Path(args.out)
     write_json(out / "export.json", result)
     md = [f"# Export benchmark{' (quick)' if args.quick else ''}", "",
           f"Measured {result['measured_at']} on {result['host']['platform']}; "
-          f"{len(check)} validation images (from the training data), {len(calib)} calibration images.", ""]
+          f"{len(check)} validation images (from the training data), {len(calib)} calibration images."
+          + (f" {args.note}" if args.note else ""), ""]
     for name, m in models.items():
         md.append(f"- **{name}**: {m['architecture']}, {m['mmacs']:.2f} MMACs, {m['params']:,} parameters; "
                   f"PyTorch heterogeneous R@1 {_pct(m['pytorch_r1'])}, gallery R@1 {_pct(m['gallery_r1'])}; "
