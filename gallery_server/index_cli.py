@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
 
 EPILOG = """\
 examples:
@@ -10,9 +14,31 @@ examples:
   hetsearch index --gallery runs/gallery --data my_catalog/ --name shoes --index HNSW32 --out gallery-data
   hetsearch index --gallery runs/gallery --data fashion-mnist --server localhost:50051 --token-file tokens.txt
 
-Ids are the images' positions in the data (0..N-1); metadata is the file name (ImageFolder) or the class.
+Ids are the images' positions in the data (0..N-1), also when --max-samples or --exclude leave some out;
+metadata is the file name (ImageFolder) or the class.
 With --out the data directory must not be in use by a running server (use --server then).
 """
+
+
+def _positions(text: str, n: int) -> np.ndarray:
+    """'3,17,42' or '@file' (one position per line) into validated positions in 0..n-1."""
+    from hetsearch.errors import DataError
+
+    raw = text
+    if text.startswith("@"):
+        try:
+            raw = Path(text[1:]).read_text()
+        except OSError as exc:
+            raise DataError(f"--exclude {text}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        vals = np.array([int(t) for t in raw.replace(",", " ").split()], dtype=np.int64)
+    except ValueError:
+        raise DataError(f"--exclude: expected image positions (integers), comma-separated or one per line in "
+                        f"@FILE; got {raw[:80]!r}") from None
+    bad = vals[(vals < 0) | (vals >= n)]
+    if len(bad):
+        raise DataError(f"--exclude: position {int(bad[0])} is outside the data (0..{n - 1})")
+    return np.unique(vals)
 
 
 def cmd_index(args) -> int:
@@ -23,8 +49,17 @@ def cmd_index(args) -> int:
     from .indexer import index_gallery
 
     data = load_data(args.data, args.split, args.data_dir)
+    keep = np.arange(len(data))
+    if args.exclude:
+        out = _positions(args.exclude, len(data))
+        keep = np.setdiff1d(keep, out)
+        print(f"leaving {len(out)} image(s) out of the gallery (--exclude)", file=sys.stderr)
     if args.max_samples:
-        data = data.subset(stratified_sample(data.labels, args.max_samples, 0), str(args.max_samples))
+        keep = keep[stratified_sample(data.labels[keep], args.max_samples, 0)]
+    # ids (and metadata) stay the images' positions in the data, whatever is left out
+    meta = [data.metadata(int(i)) for i in keep]
+    if len(keep) < len(data):
+        data = data.subset(keep, f"{len(keep)} of {len(data)}")
     from .auth import client_token
 
     token = client_token(args.token_file)
@@ -32,7 +67,8 @@ def cmd_index(args) -> int:
         raise HetsearchError("give --out DATA_DIR (offline) or --server ADDR (a running server)")
     res = index_gallery(args.gallery, data, out=args.out, server=args.server, name=args.name,
                         index_factory=args.index, token=token, tls=args.tls_ca or (True if args.tls else None),
-                        batch_size=args.batch_size, progress=not args.quiet, replace=args.replace)
+                        batch_size=args.batch_size, progress=not args.quiet, replace=args.replace, ids=keep,
+                        metadata=meta)
     print(format_table([res], digits=1))
     if args.json:
         write_json(args.json, res)
@@ -48,6 +84,9 @@ def register(sub) -> None:
     p.add_argument("--data-dir", default=None, help="where Fashion-MNIST's files are")
     p.add_argument("--split", default="test", choices=("train", "test"), help="Fashion-MNIST split (default test)")
     p.add_argument("--max-samples", type=int, default=None, help="index a class-balanced subset")
+    p.add_argument("--exclude", default=None, metavar="IDS|@FILE",
+                   help="image positions to leave out of the gallery (e.g. query images held out for a search "
+                        "test): comma-separated, or @FILE with one per line")
     target = p.add_mutually_exclusive_group()
     target.add_argument("--out", help="data directory to write into (no server running on it)")
     target.add_argument("--server", help="address of a running gallery server, e.g. localhost:50051")

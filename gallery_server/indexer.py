@@ -31,11 +31,13 @@ def _index_of(existing: str | None, asked: str | None, name: str) -> str:
 
 def index_gallery(gallery_ckpt, data, *, out: str | Path | None = None, server: str | None = None,
                   name: str = "default", index_factory: str | None = None, token: str | None = None,
-                  tls=None, batch_size: int = 1000, progress: bool = True, replace: bool = False) -> dict:
+                  tls=None, batch_size: int = 1000, progress: bool = True, replace: bool = False,
+                  ids=None, metadata=None) -> dict:
     """Embed ``data`` (an ImageSet) with the gallery checkpoint and upsert it into gallery ``name``.
 
     ``index_factory``: for a new gallery (default Flat); an existing one keeps its own index (asking for
-    another is an error unless ``replace``)."""
+    another is an error unless ``replace``). ``ids``/``metadata``: one per image (default: its position in
+    ``data`` and ``data.metadata``)."""
     from tqdm.auto import tqdm
 
     from hetsearch.cmpnas.checkpoint import Checkpoint, load_checkpoint
@@ -46,7 +48,12 @@ def index_gallery(gallery_ckpt, data, *, out: str | Path | None = None, server: 
     ck = gallery_ckpt if isinstance(gallery_ckpt, Checkpoint) else load_checkpoint(gallery_ckpt, expect_kind="gallery")
     space = ck.space_id
     n = len(data)
-    meta = [data.metadata(i) for i in range(n)]
+    ids_all = np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
+    if len(ids_all) != n:
+        raise ValueError(f"{len(ids_all)} ids for {n} images")
+    meta = list(metadata) if metadata is not None else [data.metadata(i) for i in range(n)]
+    if len(meta) != n:
+        raise ValueError(f"{len(meta)} metadata strings for {n} images")
     pixels = model_input(ck.model, data)  # converted to the model's size and channels once
     t0 = time.time()
     writer = _OfflineWriter(out, name, space, index_factory, replace) if out is not None else \
@@ -56,8 +63,7 @@ def index_gallery(gallery_ckpt, data, *, out: str | Path | None = None, server: 
         bar = tqdm(total=n, desc=f"indexing {name}", unit="img", disable=not progress)
         for start in range(0, n, batch_size):
             emb = embed(ck.model, pixels[start:start + batch_size])
-            ids = np.arange(start, start + len(emb), dtype=np.int64)
-            writer.upsert(ids, emb, meta[start:start + len(emb)])
+            writer.upsert(ids_all[start:start + len(emb)], emb, meta[start:start + len(emb)])
             done += len(emb)
             bar.update(len(emb))
         bar.close()

@@ -141,6 +141,36 @@ def _plot_latency(rows: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
+def plot_hits(hits: list, held: list[int], images, out: Path, model: str) -> None:
+    """Each query image (held out of the gallery) beside its top-k gallery images, with labels and scores."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = max((len(q["hits"]) for q in hits), default=0)
+    fig, axes = plt.subplots(len(hits), k + 1, figsize=(1.6 * (k + 1), 1.9 * len(hits)), squeeze=False)
+    for row, (q, j) in zip(axes, zip(hits, held)):
+        truth = images.classes[int(images.labels[j])]
+        row[0].imshow(images.images[j][..., 0], cmap="gray", vmin=0, vmax=255)
+        row[0].set_title(f"query\n{truth}", fontsize=8, fontweight="bold")
+        for ax, h in zip(row[1:], q["hits"]):
+            label = images.classes[int(images.labels[h["id"]])]
+            ax.imshow(images.images[h["id"]][..., 0], cmap="gray", vmin=0, vmax=255)
+            ax.set_title(f"{label}\n{h['score']:.3f}", fontsize=8, color="green" if label == truth else "red")
+        for ax in row:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        for ax in row[1 + len(q["hits"]):]:
+            ax.axis("off")
+    fig.suptitle(f"{model} (on the device) -> gallery server: top-{k} for query images held out of the gallery "
+                 "(green: same class)", fontsize=9)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 def write(work: Path, report: Path, queries: list[str], hits: list, times: dict, total_seconds: float,
           quick: bool = False) -> None:
     report.mkdir(parents=True, exist_ok=True)
@@ -171,7 +201,10 @@ def write(work: Path, report: Path, queries: list[str], hits: list, times: dict,
           "![accuracy vs MMACs](accuracy_vs_mmacs.png)", "",
           "## Export, checks and latency", "", markdown_table(erow, EXPORT_COLS, digits=3),
           "![latency](latency.png)", "",
-          "## Gallery server queried from the SDK", "", markdown_table(hit_rows, digits=4) if hit_rows else "", "",
+          "## Gallery server queried from the SDK", "",
+          "The query images are test images held out of the indexed gallery.", "",
+          "![queries and their hits](queries.png)" if (report / "queries.png").exists() else "", "",
+          markdown_table(hit_rows, digits=4) if hit_rows else "", "",
           "## Stage times (s)", "", markdown_table([{"stage": k, "seconds": v} for k, v in times.items()]), ""]
     (report / "README.md").write_text("\n".join(md))
     print(f"\nreport written to {report}/ (README.md, summary.json, accuracy_vs_mmacs.png, latency.png)")

@@ -23,7 +23,10 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     # the SDK queried the real server: every query image got k hits with metadata from the gallery
     assert len(summary["hits"]) == 3 and all(len(q["hits"]) == 5 for q in summary["hits"])
     assert all(h["metadata"] for q in summary["hits"] for h in q["hits"])
-    for png in ("accuracy_vs_mmacs.png", "latency.png"):
+    # the query images were held out of the gallery: none finds itself
+    held = [int(x) for x in (work / "held-out.txt").read_text().split()]
+    assert len(held) == 3 and not any(h["id"] == j for q, j in zip(summary["hits"], held) for h in q["hits"])
+    for png in ("accuracy_vs_mmacs.png", "latency.png", "queries.png"):
         assert (report / png).stat().st_size > 5000
     # a rerun reuses every finished stage
     assert main(["demo", "--quick", "--work", str(work), "--report", str(report)]) == 0
