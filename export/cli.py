@@ -122,6 +122,16 @@ def register(sub) -> None:
     _add_gate_args(c)
     c.set_defaults(func=cmd_check)
 
+    s = sub.add_parser("show", help="what a bundle holds: files, checks, latency per target",
+                       description="Show a bundle: model, embedding space, MMACs, input contract, and per file its "
+                                   "format, precision, size, check status (parity, R@1 change) and measured latency "
+                                   "per profiled target. Reads manifest.json only; verifies nothing.",
+                       formatter_class=RAW, epilog="examples:\n  hetsearch show bundles/query\n"
+                                                   "  hetsearch show bundles/query --json bundle.json\n")
+    s.add_argument("bundle", metavar="BUNDLE", help="bundle directory")
+    s.add_argument("--json", default=None, metavar="FILE", help="also write the rows as JSON")
+    s.set_defaults(func=cmd_show)
+
 
 # ----------------------------------------------------------------------------- data
 
@@ -247,4 +257,36 @@ def cmd_check(args) -> int:
             raise CheckFailed(_failed_message(results))
         print("warning: " + _failed_message(results).replace("(--report-only reports without failing)",
                                                              "(reported only: --report-only)"), file=sys.stderr)
+    return 0
+
+
+def cmd_show(args) -> int:
+    from hetsearch import manifest as mf
+    from hetsearch.report import format_table, write_json
+
+    from .exporter import summary_rows
+
+    m = mf.load(args.bundle)
+    inp, arch = m["input"], m["architecture"]
+    print(f"bundle {args.bundle}: model {m['model_id']!r} ({arch.get('name') or arch.get('family')}), "
+          f"{m['macs'] / 1e6:.3f} MMACs, {m['params']:,} parameters")
+    print(f"embedding space {m['space_id']} (dim {m['output']['dim']}, "
+          f"{'L2-normalised' if m['output'].get('l2_normalized') else 'not normalised'})")
+    print(f"input {inp['channels']}x{inp['height']}x{inp['width']} {inp['color']} {inp['layout']} {inp['dtype']} "
+          f"in {inp['value_range']}, resize {inp['resize']}; exported {m.get('exported_at', '?')}")
+    cfg = m.get("check_config") or {}
+    if cfg:
+        print(f"checked on {cfg.get('n_images')} images of {cfg.get('data')} against gallery "
+              f"{cfg.get('gallery_space_id')} (its own R@1 {cfg.get('gallery_r1') or 0:.2f})")
+    rows = summary_rows(m)
+    for r in rows:
+        r["latency"] = "; ".join(
+            f"{t}: {per[r['path']]['p50_ms']:.4f} ms" for t, per in (m.get("latency") or {}).items()
+            if isinstance(per, dict) and isinstance(per.get(r.get("path")), dict)
+            and isinstance(per[r["path"]].get("p50_ms"), (int, float))) or "-"
+    cols = ["path", "format", "precision", "status", "size", "parity", "compat", "latency"]
+    print(format_table(rows, cols, headers={"parity": "parity (cos min)", "compat": "R@1 change",
+                                           "latency": "p50 per target"}))
+    if args.json:
+        write_json(args.json, {"bundle": str(args.bundle), "rows": rows, "manifest": m})
     return 0

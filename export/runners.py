@@ -11,18 +11,15 @@ The SDK's ``QueryModel`` is the production runtime; these are deliberately small
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import sys
-import tempfile
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 from hetsearch.errors import BundleError, HetsearchError, require
 from hetsearch.manifest import verify_file
+from hetsearch.sdk.runtime import captured_output  # noqa: F401 - used here and by the exporter
 
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "embedding"
@@ -161,38 +158,6 @@ class MediaPipeRunner(Runner):
                                                      data=np.ascontiguousarray(img)))
             out.append(np.asarray(res.embeddings[0].embedding, np.float32))
         return np.stack(out)
-
-
-@contextlib.contextmanager
-def captured_output(sink: list):
-    """Silence the converters' console chatter (Python and C++), keeping it for error messages."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    buf = io.StringIO()
-    with tempfile.TemporaryFile() as tmp:
-        saved = []
-        try:
-            for fd in (1, 2):
-                try:
-                    saved.append((fd, os.dup(fd)))
-                    os.dup2(tmp.fileno(), fd)
-                except OSError:  # no such descriptor (embedded interpreters)
-                    pass
-            with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                yield
-        finally:
-            try:
-                sys.stdout.flush()
-                sys.stderr.flush()
-            except Exception:  # pragma: no cover
-                pass
-            for fd, dup in saved:
-                os.dup2(dup, fd)
-                os.close(dup)
-            tmp.seek(0)
-            sink.append(tmp.read().decode("utf-8", "replace") + buf.getvalue())
-
 
 
 RUNNERS = {"onnx": OnnxRunner, "tflite": TFLiteRunner, "coreml": CoreMLRunner, "mediapipe": MediaPipeRunner}

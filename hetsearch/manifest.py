@@ -181,9 +181,15 @@ def size_path(path: str | os.PathLike) -> int:
 def load(bundle: str | os.PathLike) -> dict:
     """Read and validate ``BUNDLE/manifest.json`` (or a path to the manifest itself)."""
     p = Path(bundle)
+    if p.is_dir() and p.suffix.lower() == ".mlpackage" and (p.parent / MANIFEST_NAME).exists():
+        raise BundleError(f"{p} is a model file of a bundle; give the bundle directory {p.parent}")
     mpath = p / MANIFEST_NAME if p.is_dir() else p
     if not mpath.exists():
         raise BundleError(f"no {MANIFEST_NAME} at {mpath}: not a hetsearch bundle")
+    if p.is_file() and p.name != MANIFEST_NAME:
+        where = (f"; give the bundle directory {p.parent}" if (p.parent / MANIFEST_NAME).exists() else
+                 " (expected a bundle directory or its manifest.json)")
+        raise BundleError(f"{p} is not a bundle manifest but a {p.suffix or 'suffix-less'} file{where}")
     try:
         data = json.loads(mpath.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

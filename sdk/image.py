@@ -3,7 +3,9 @@
 Accepted images: a file path (``str`` / ``Path``), encoded bytes, a PIL image, or
 a numpy array — ``H×W`` grayscale, ``H×W×C`` with C in 1, 3, 4, or an
 ``N×H×W×C`` batch. Arrays should be ``uint8``; other integer arrays must lie in
-0..255 and float arrays are taken as pixel values in 0..255 and rounded.
+0..255. Float arrays are pixel values in 0..255 (rounded) — unless ``float_range="0-1"`` says they are scaled to
+0..1; a float array whose values all lie in 0..1 (not all zero) is refused without ``float_range``, because it
+is almost certainly a 0..1 image that read as 0..255 would be a black one.
 
 The rules applied (from ``manifest["input"]``): convert to the colour mode
 (``grayscale`` uses ITU-R 601-2 luma as PIL does, ``rgb`` drops alpha), resize to
@@ -75,7 +77,10 @@ def _label(item: Any, i: int) -> str:
     return f"image #{i} ({type(item).__name__})"
 
 
-def _array_to_uint8(a: np.ndarray, label: str) -> np.ndarray:
+FLOAT_RANGES = ("0-255", "0-1")
+
+
+def _array_to_uint8(a: np.ndarray, label: str, float_range: str | None = None) -> np.ndarray:
     if a.dtype == np.uint8:
         return a
     if a.dtype == np.bool_:
@@ -88,13 +93,20 @@ def _array_to_uint8(a: np.ndarray, label: str) -> np.ndarray:
     if np.issubdtype(a.dtype, np.floating):
         if a.size and not np.isfinite(a).all():
             raise ImageError(f"{label}: the array contains NaN or infinite values")
-        if a.size and (a.min() < 0 or a.max() > 255):
-            raise ImageError(f"{label}: float pixel values must lie in 0..255 (got {a.min():.3g}..{a.max():.3g})")
-        return np.round(a).astype(np.uint8)
+        if float_range not in (None, *FLOAT_RANGES):
+            raise ImageError(f"float_range must be one of {FLOAT_RANGES}, got {float_range!r}")
+        top = 1.0 if float_range == "0-1" else 255.0
+        if a.size and (a.min() < 0 or a.max() > top):
+            raise ImageError(f"{label}: float pixel values must lie in 0..{top:g} (got {a.min():.3g}..{a.max():.3g})"
+                             + ("" if float_range else "; pass float_range='0-1' for images scaled to 0..1"))
+        if float_range is None and a.size and a.max() <= 1.0 and a.max() > 0:
+            raise ImageError(f"{label}: float pixel values all lie in 0..1 ({a.min():.3g}..{a.max():.3g}): an image "
+                             "scaled to 0..1? Pass float_range='0-1' (or '0-255' if they really are 0..255 values)")
+        return np.round(a * (255.0 if float_range == "0-1" else 1.0)).astype(np.uint8)
     raise ImageError(f"{label}: unsupported array dtype {a.dtype}; pass uint8 pixels")
 
 
-def _normalise_array(a: np.ndarray, label: str) -> np.ndarray:
+def _normalise_array(a: np.ndarray, label: str, float_range: str | None = None) -> np.ndarray:
     """An HW or HWC (C in 1, 3, 4) uint8 array."""
     if a.ndim == 3 and a.shape[2] not in (1, 3, 4):
         hint = " (it looks channels-first; pass H×W×C)" if a.shape[0] in (1, 3, 4) else ""
@@ -103,7 +115,7 @@ def _normalise_array(a: np.ndarray, label: str) -> np.ndarray:
         raise ImageError(f"{label}: array of shape {a.shape} is not an image; {_ACCEPTED}")
     if min(a.shape[:2]) == 0:
         raise ImageError(f"{label}: empty image of shape {a.shape}")
-    a = _array_to_uint8(a, label)
+    a = _array_to_uint8(a, label, float_range)
     if a.ndim == 3 and a.shape[2] == 1:
         a = a[:, :, 0]
     return np.ascontiguousarray(a)
@@ -151,10 +163,11 @@ def _pil_to_array(img: Any, color: str, label: str) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-def to_pixels(item: Any, label: str, color: str, height: int, width: int) -> np.ndarray:
+def to_pixels(item: Any, label: str, color: str, height: int, width: int,
+              float_range: str | None = None) -> np.ndarray:
     """Decode one image and apply colour conversion and resize: HW (grayscale) or HWC (rgb) uint8."""
     if isinstance(item, np.ndarray):
-        a = _normalise_array(item, label)
+        a = _normalise_array(item, label, float_range)
         channels = 1 if a.ndim == 2 else a.shape[2]
         if a.shape[:2] == (height, width) and ((color == "grayscale" and channels == 1)
                                                or (color == "rgb" and channels == 3)):

@@ -211,15 +211,16 @@ class QueryModel:
 
     # ------------------------------------------------------------------ embedding
 
-    def preprocess(self, images: Any) -> np.ndarray:
-        """The model inputs for ``images``: float32 [N, C, H, W] (or [N, H, W, C]) in the value range."""
+    def preprocess(self, images: Any, float_range: str | None = None) -> np.ndarray:
+        """The model inputs for ``images``: float32 [N, C, H, W] (or [N, H, W, C]) in the value range.
+        ``float_range``: '0-1' or '0-255' for float arrays (see :mod:`hetsearch.sdk.image`)."""
         items = split_images(images)
         spec = self.input_spec
         shape = (spec["channels"], spec["height"], spec["width"]) if spec["layout"] == "NCHW" else (
             spec["height"], spec["width"], spec["channels"])
         out = np.empty((len(items), *shape), dtype=np.float32)
         for i, (label, item) in enumerate(items):
-            pixels = to_pixels(item, label, spec["color"], spec["height"], spec["width"])
+            pixels = to_pixels(item, label, spec["color"], spec["height"], spec["width"], float_range)
             out[i] = to_tensor(pixels, spec["layout"], spec["value_range"])
         return out
 
@@ -254,14 +255,15 @@ class QueryModel:
             raise ModelError(f"{self.path.name} returned shape {list(y.shape)}; expected [{n}, {self.dim}]")
         return y.reshape(n, self.dim).astype(np.float32, copy=False)
 
-    def embed(self, images: Any) -> np.ndarray:
+    def embed(self, images: Any, float_range: str | None = None) -> np.ndarray:
         """Embed one image or a batch: float32 [N, dim], one unit-norm row per image, in input order.
 
         ``images``: file paths, encoded bytes, PIL images, numpy arrays (H×W, H×W×C
-        uint8, or an N×H×W×C batch), or a list of these. Raises
+        uint8, or an N×H×W×C batch), or a list of these. Float arrays are 0..255 pixel values; pass
+        ``float_range="0-1"`` for arrays scaled to 0..1 (such arrays are refused without it). Raises
         :class:`ImageError` for an unreadable or unsupported image.
         """
-        return self.run(self.preprocess(images))
+        return self.run(self.preprocess(images, float_range))
 
     __call__ = embed
 

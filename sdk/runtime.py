@@ -15,10 +15,14 @@ Imports neither torch nor faiss; each runtime is imported only when used.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
+import io
 import os
 import sys
+import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -227,6 +231,39 @@ def open_litert_interpreter(interpreter_cls, path, threads: int | None = None):
     return interp, "builtin kernels (XNNPACK refused this graph)"
 
 
+@contextlib.contextmanager
+def captured_output(sink: list):
+    """Silence console chatter of native runtimes and converters (Python and C++: LiteRT prints "INFO: Created
+    TensorFlow Lite XNNPACK delegate" on every load), keeping it in ``sink`` for error messages."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    buf = io.StringIO()
+    with tempfile.TemporaryFile() as tmp:
+        saved = []
+        try:
+            for fd in (1, 2):
+                try:
+                    saved.append((fd, os.dup(fd)))
+                    os.dup2(tmp.fileno(), fd)
+                except OSError:  # no such descriptor (embedded interpreters)
+                    pass
+            with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                yield
+        finally:
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            except Exception:  # pragma: no cover
+                pass
+            for fd, dup in saved:
+                os.dup2(dup, fd)
+                os.close(dup)
+            tmp.seek(0)
+            sink.append(tmp.read().decode("utf-8", "replace") + buf.getvalue())
+
+
+
 class LiteRT(Runtime):
     name = "litert"
 
@@ -234,10 +271,14 @@ class LiteRT(Runtime):
         interpreter_cls, self.version = _litert_interpreter_class()
         self.path = Path(path)
         self.threads = threads
+        chatter: list = []
         try:
-            self._interp, self.delegate = open_litert_interpreter(interpreter_cls, self.path, threads)
+            with captured_output(chatter):
+                self._interp, self.delegate = open_litert_interpreter(interpreter_cls, self.path, threads)
         except (ValueError, RuntimeError) as exc:
-            raise ModelError(f"LiteRT cannot load {self.path}: {exc}") from exc
+            said = " ".join("".join(chatter).split())[-300:]
+            raise ModelError(f"LiteRT cannot load {self.path}: {exc}" + (f" [LiteRT said: {said}]" if said else "")) \
+                from exc
         inp = _pick(self._interp.get_input_details(), lambda d: d["name"], INPUT_NAME, "input", self.path)
         out = _pick(self._interp.get_output_details(), lambda d: d["name"], OUTPUT_NAME, "output", self.path)
         self.input_name, self.output_name = inp["name"], out["name"]

@@ -439,7 +439,7 @@ def test_profile_is_not_registered_here():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers()
     register(sub)
-    assert set(sub.choices) == {"export", "check"}
+    assert set(sub.choices) == {"export", "check", "show"}
 
 
 def test_thresholds_and_parity_math():
@@ -558,3 +558,19 @@ def test_mediapipe_image_embedder_runs_the_exported_file(pair, data, fmnist_test
     assert cos.min() >= 0.999, cos
     with pytest.raises(BundleError, match="is a mediapipe file"):
         QueryModel.load(tmp_path / "b" / entry["path"])
+
+
+def test_show_tells_what_a_bundle_holds(bundle, tmp_path, capsys):
+    from hetsearch.cli import main
+
+    out, manifest = bundle
+    assert main(["show", str(out), "--json", str(tmp_path / "s.json")]) == 0
+    text = capsys.readouterr().out
+    assert manifest["space_id"] in text and "model-int8.tflite" in text and "passed" in text
+    assert "skipped: needs macOS" in text  # Core ML off macOS
+    rows = json.loads((tmp_path / "s.json").read_text())["rows"]
+    assert {r["path"] for r in rows} == {e["path"] for e in manifest["files"]}
+    for cmd in ("show", "check"):  # a model file instead of the bundle: named as such, not "invalid JSON"
+        assert main([cmd, str(out / "model-fp32.onnx"), *(["--gallery", "x"] if cmd == "check" else [])]) == 2
+        err = capsys.readouterr().err
+        assert "is not a bundle manifest but a .onnx file; give the bundle directory" in err

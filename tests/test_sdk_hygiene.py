@@ -47,3 +47,11 @@ def test_embedding_and_profiling_load_no_torch_or_faiss(tmp_path_factory, backen
         "assert profile_file(m.path, runs=2, warmup=0, min_seconds=0)['status'] == 'ok'\n"
     )
     assert _heavy(modules) == []
+
+
+def test_public_names_come_from_the_package():
+    modules = _modules_after("from hetsearch.sdk import QueryModel, GalleryClient, Hit, ImageError\n"
+                             "assert QueryModel.__module__ == 'hetsearch.sdk.model'")
+    assert _heavy(modules) == []
+    only_model = _modules_after("from hetsearch.sdk import QueryModel")
+    assert "grpc" not in only_model  # the client's gRPC is loaded only when GalleryClient is asked for

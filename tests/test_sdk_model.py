@@ -227,3 +227,17 @@ def test_files_that_failed_their_checks_are_refused(gray_bundle, tmp_path):
     (copy / "manifest.json").write_text(json.dumps(man))
     with pytest.raises(BundleError, match="can run here.*onnx failed its checks.*tflite failed its checks"):
         QueryModel.load(copy)
+
+
+def test_float_arrays_in_0_1_are_taken_by_their_declared_range_never_silently(model):
+    img = _images(1)[0]
+    ref = model.embed(img)
+    scaled = img.astype(np.float32) / 255.0
+    with pytest.raises(ImageError, match="all lie in 0..1.*float_range='0-1'"):
+        model.embed(scaled)
+    np.testing.assert_allclose(model.embed(scaled, float_range="0-1"), ref, atol=1e-6)
+    np.testing.assert_allclose(model.embed(img.astype(np.float32)), ref, atol=1e-6)  # 0..255 floats as before
+    with pytest.raises(ImageError, match="must lie in 0..1"):
+        model.embed(img.astype(np.float32), float_range="0-1")
+    black = np.zeros_like(scaled)
+    assert np.isfinite(model.embed(black)).all()  # all zero is black in either range
