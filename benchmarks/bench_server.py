@@ -63,6 +63,25 @@ def recall_at_k(got: np.ndarray, exact: np.ndarray) -> float:
     return float(np.mean([len(set(g) & set(e)) / len(e) for g, e in zip(got.tolist(), exact.tolist())]))
 
 
+def concurrency(index_path: Path, address: str, space: str, queries, client_counts, seconds: float,
+                cpus) -> list[dict]:
+    """Aggregate QPS, p50, p99 and errors of N client processes against the server and against in-process faiss
+    (N processes, each searching its own copy of the same index), alternating the two at each N."""
+    from .loadgen import run_load
+
+    rows = []
+    for n in client_counts:
+        for kind, target in (("faiss", {"index_path": str(index_path), "ef_search": EF_SEARCH}),
+                             ("grpc", {"address": address, "gallery": "bench", "space": space})):
+            r = run_load(kind, target, queries, n, seconds, cpus=cpus)
+            rows.append({"clients": n, "mode": "in-process" if kind == "faiss" else "gRPC", "qps": r["qps"],
+                         "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"], "errors": r["errors"],
+                         "first_error": r["first_error"]})
+            print(format_table(rows[-1:], ["clients", "mode", "qps", "p50_ms", "p99_ms", "errors"], digits=3),
+                  flush=True)
+    return rows
+
+
 def concurrent_qps(worker, clients: int, per_client: int) -> float:
     """Total queries per second of ``clients`` threads each running ``worker(i, per_client)``."""
     barrier = threading.Barrier(clients + 1)
@@ -133,7 +152,7 @@ class OverGrpc:
             c.close()
 
 
-def start_server(data_dir: Path, threads: int | None):
+def start_server(data_dir: Path, threads: int | None, cpus=None):
     """``python -m hetsearch.gallery_server serve`` on the data dir; (process, port, seconds to serving)."""
     port_file = data_dir.parent / "port"
     port_file.unlink(missing_ok=True)
@@ -142,7 +161,8 @@ def start_server(data_dir: Path, threads: int | None):
     if threads:
         cmd += ["--threads", str(threads)]
     log = open(data_dir.parent / "server.log", "ab")
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                            preexec_fn=(lambda: os.sched_setaffinity(0, set(cpus))) if cpus else None)
     log.close()
     t0 = time.perf_counter()
     while not port_file.exists():
@@ -152,10 +172,9 @@ def start_server(data_dir: Path, threads: int | None):
     return proc, int(port_file.read_text()), time.perf_counter() - t0
 
 
-def compare(modes, queries, exact, n_single: int, batch: int, clients: int, rounds: int = 5) -> dict:
+def compare(modes, queries, exact, n_single: int, batch: int, rounds: int = 5) -> dict:
     """Alternate the modes round by round so both see the same background load."""
-    acc = {m.name: {"lat": [], "batch_s": 0.0, "batch_n": 0, "got": [], "conc_s": 0.0, "conc_n": 0}
-           for m in modes}
+    acc = {m.name: {"lat": [], "batch_s": 0.0, "batch_n": 0, "got": []} for m in modes}
     for m in modes:  # warm up
         for i in range(10):
             m.single(queries[i])
@@ -175,22 +194,11 @@ def compare(modes, queries, exact, n_single: int, batch: int, clients: int, roun
             a["batch_s"] += time.perf_counter() - t0
             a["batch_n"] += len(part)
             a["got"].append(got)
-            each = max(1, per_round // clients)
-
-            def worker(c, n, m=m):
-                m.worker_init()
-                for j in range(n):
-                    m.single(queries[(c * n + j) % len(queries)], c)
-
-            qps = concurrent_qps(worker, clients, each)
-            a["conc_s"] += clients * each / qps
-            a["conc_n"] += clients * each
     out = {}
     for name, a in acc.items():
         p50, p99 = percentiles(a["lat"])
         out[name] = {"p50_ms": p50, "p99_ms": p99, "batch_qps": a["batch_n"] / a["batch_s"],
-                     "recall@10": recall_at_k(np.vstack(a["got"]), exact),
-                     "concurrent_qps": a["conc_n"] / a["conc_s"]}
+                     "recall@10": recall_at_k(np.vstack(a["got"]), exact)}
     return out
 
 
@@ -202,10 +210,17 @@ def bench_threads(index, queries, n_single: int, batch: int, clients: int) -> li
     for threads in sorted({1, os.cpu_count() or 1}):
         mode = InProcess(index, threads)
         mode.name = f"omp{threads}"
-        r = compare([mode], queries, np.zeros((len(queries), K), np.int64), n_single, batch, clients, rounds=2)
+        r = compare([mode], queries, np.zeros((len(queries), K), np.int64), n_single, batch, rounds=2)
         r = r[mode.name]
+
+        def worker(c, n, mode=mode):  # threads of this process: faiss releases the GIL while it searches
+            mode.worker_init()
+            for j in range(n):
+                mode.single(queries[(c * n + j) % len(queries)], c)
+
         rows.append({"omp_threads": threads, "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"],
-                     "batch_qps": r["batch_qps"], f"qps_{clients}_clients": r["concurrent_qps"]})
+                     "batch_qps": r["batch_qps"],
+                     f"qps_{clients}_threads": concurrent_qps(worker, clients, max(1, n_single // clients))})
     faiss.omp_set_num_threads(1)
     return rows
 
@@ -220,7 +235,12 @@ def main(argv=None) -> int:
     ap.add_argument("--queries", type=int, default=1000, help="query set size (batched QPS, recall)")
     ap.add_argument("--single", type=int, default=500, help="single queries timed per configuration")
     ap.add_argument("--batch", type=int, default=256, help="queries per BatchSearch call")
-    ap.add_argument("--clients", type=int, default=4, help="concurrent clients")
+    ap.add_argument("--clients", type=int, default=4, help="concurrent threads for the OpenMP-threads table")
+    ap.add_argument("--client-processes", default="1,4,16,32",
+                    help="concurrent client processes for the concurrency table (default 1,4,16,32)")
+    ap.add_argument("--seconds", type=float, default=5.0, help="measured window per concurrency level")
+    ap.add_argument("--cpus", default=None,
+                    help="pin server and clients to these CPUs, e.g. 0,1 (default: every CPU of this machine)")
     ap.add_argument("--quick", action="store_true", help="20k vectors, fewer queries")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="output folder")
     ap.add_argument("--work-dir", default=None, help="where to build the data dirs (default a temp dir)")
@@ -236,7 +256,10 @@ def main(argv=None) -> int:
     faiss.omp_set_num_threads(1)
     space = space_id_from_digest("0" * 64, DIM)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="hetsearch-bench-"))
-    rows, ratios, thread_rows = [], [], []
+    rows, ratios, thread_rows, conc_rows = [], [], [], []
+    client_counts = [int(c) for c in args.client_processes.split(",") if c.strip()]
+    cpus = sorted(int(c) for c in args.cpus.split(",")) if args.cpus else sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, set(cpus))
     for size in [int(s) for s in args.sizes.split(",")]:
         big = size > 200_000  # exact search over 1M vectors is slow on few cores: fewer queries
         nsingle = args.single if not big else max(50, args.single // 5)
@@ -266,11 +289,15 @@ def main(argv=None) -> int:
             base = {"size": size, "index": factory}
             if not thread_rows:
                 thread_rows = [{**base, **r} for r in bench_threads(index, q, nsingle // 2, args.batch, args.clients)]
-            proc, port, start_s = start_server(data_dir, threads=None)
+            index_path = data_dir.parent / "index.faiss"
+            faiss.write_index(index, str(index_path))
+            proc, port, start_s = start_server(data_dir, threads=None, cpus=cpus)
             remote = None
             try:
                 remote = OverGrpc(f"127.0.0.1:{port}", space, args.clients, args.batch)
-                res = compare([InProcess(index), remote], q, exact_ids, nsingle, args.batch, args.clients)
+                res = compare([InProcess(index), remote], q, exact_ids, nsingle, args.batch)
+                conc_rows += [{**base, **r} for r in concurrency(index_path, f"127.0.0.1:{port}", space, q,
+                                                                 client_counts, args.seconds, cpus)]
             finally:
                 if remote is not None:
                     remote.close()
@@ -283,26 +310,45 @@ def main(argv=None) -> int:
             ratios.append({**base, "p50_x": grpc_r["p50_ms"] / inproc["p50_ms"],
                            "p99_x": grpc_r["p99_ms"] / inproc["p99_ms"],
                            "batch_qps_x": inproc["batch_qps"] / grpc_r["batch_qps"],
-                           "concurrent_qps_x": inproc["concurrent_qps"] / grpc_r["concurrent_qps"],
                            "added_p50_ms": grpc_r["p50_ms"] - inproc["p50_ms"]})
-            print(format_table(rows[-2:], ["size", "index", "mode", "p50_ms", "p99_ms", "batch_qps", "recall@10",
-                                           "concurrent_qps"]), flush=True)
+            print(format_table(rows[-2:], ["size", "index", "mode", "p50_ms", "p99_ms", "batch_qps", "recall@10"]),
+                  flush=True)
             shutil.rmtree(data_dir.parent, ignore_errors=True)
     env = {"cpus": os.cpu_count(), "python": platform.python_version(), "faiss": faiss.__version__,
            "platform": platform.platform(terse=True), "dim": DIM, "k": K, "hnsw_ef_search": EF_SEARCH,
            "batch": args.batch, "clients": args.clients, "queries": args.queries,
            "queries_above_200k": min(args.queries, 200), "single_queries": args.single}
     out = Path(args.out)
-    write_json(out / "server.json", {"env": env, "results": rows, "overhead": ratios, "omp_threads": thread_rows})
-    cols = ["size", "index", "mode", "p50_ms", "p99_ms", "batch_qps", "recall@10", "concurrent_qps"]
+    env.update(cpus_pinned=cpus, client_processes=client_counts, seconds_per_level=args.seconds)
+    shares = []
+    for r in conc_rows:
+        if r["mode"] == "gRPC":
+            ref = next(x for x in conc_rows if x["mode"] == "in-process" and
+                       (x["size"], x["index"], x["clients"]) == (r["size"], r["index"], r["clients"]))
+            shares.append({"size": r["size"], "index": r["index"], "clients": r["clients"],
+                           "grpc_qps_share": r["qps"] / ref["qps"], "grpc_p50_ms": r["p50_ms"],
+                           "grpc_p99_ms": r["p99_ms"], "added_p50_ms": r["p50_ms"] - ref["p50_ms"],
+                           "errors": r["errors"]})
+    write_json(out / "server.json", {"env": env, "results": rows, "overhead": ratios, "omp_threads": thread_rows,
+                                     "concurrency": conc_rows, "concurrency_share": shares})
+    cols = ["size", "index", "mode", "p50_ms", "p99_ms", "batch_qps", "recall@10"]
     md = [
         "# Gallery server benchmark", "",
         f"`python -m benchmarks.bench_server --sizes {args.sizes} --indexes {args.indexes}`: {env['cpus']} CPUs, "
         f"faiss {env['faiss']}, dim {DIM}, k={K}, HNSW efSearch {EF_SEARCH}, batches of {args.batch}, "
-        f"{args.clients} concurrent clients (threads in one process; the server is a separate process on "
-        "loopback, so clients and server share the same cores). In-process and gRPC measurements alternate in "
-        "5 rounds so that both see the same background load. Latencies in ms, throughput in queries/s.", "",
+        "the server is a separate process on loopback. Single-query latency, batched QPS and recall: in-process "
+        "and gRPC measurements alternate in 5 rounds so that both see the same background load. Latencies in ms, "
+        "throughput in queries/s.", "",
         "## Results", "", markdown_table(rows, cols, digits=3),
+        "## Concurrent clients (separate processes)", "",
+        f"Each client is its own process (no shared GIL) running a closed loop of single-query searches for "
+        f"{args.seconds:g} s after a common start; the server and every client are pinned to CPUs {cpus}. "
+        "In-process: the same number of processes, each searching its own copy of the very index the server "
+        "serves (one OpenMP thread each). gRPC clients send a prebuilt `SearchRequest` through a raw stub (the "
+        "server's cost, not the SDK's).", "",
+        markdown_table(conc_rows, ["size", "index", "clients", "mode", "qps", "p50_ms", "p99_ms", "errors"], digits=3),
+        "", "gRPC as a share of in-process QPS at the same concurrency:", "",
+        markdown_table(shares, digits=3),
         "## Overhead of the gRPC server", "",
         "`p50_x`, `p99_x`: gRPC latency / in-process latency; `*_qps_x`: in-process QPS / gRPC QPS.", "",
         markdown_table(ratios, digits=2),

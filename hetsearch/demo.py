@@ -65,6 +65,7 @@ class Demo:
         self.report = Path(args.report)
         self.data = ["--data", args.data] + (["--data-dir", args.data_dir] if args.data_dir else [])
         self.times: dict[str, float] = {}
+        self.reused: dict[str, float | None] = {}  # stage -> seconds it took when it ran
         self.server = None
 
     # ------------------------------------------------------------------ plumbing
@@ -82,6 +83,7 @@ class Demo:
         stamp = self.work / ".stages" / f"{name}.json"
         if not self.args.fresh and stamp.exists() and read_json(stamp).get("key") == key:
             print(f"\n== {name}: reusing the finished stage (configuration unchanged; --fresh to redo)", flush=True)
+            self.reused[name] = read_json(stamp).get("seconds")
             return
         print(f"\n== {name}", flush=True)
         t0 = time.time()
@@ -267,7 +269,8 @@ class Demo:
     def _report(self, queries, hits, total_seconds: float) -> None:
         from . import demo_report
 
-        demo_report.write(self.work, self.report, queries, hits, self.times, total_seconds, quick=self.args.quick)
+        demo_report.write(self.work, self.report, queries, hits, self.times, total_seconds, quick=self.args.quick,
+                          reused=self.reused)
 
 
 EPILOG = """\

@@ -31,3 +31,5 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     # a rerun reuses every finished stage
     assert main(["demo", "--quick", "--work", str(work), "--report", str(report)]) == 0
     assert capsys.readouterr().out.count("reusing the finished stage") >= 10
+    again = json.loads((report / "summary.json").read_text())
+    assert len(again["reused_stage_seconds"]) >= 10 and "reusing" in (report / "README.md").read_text()
