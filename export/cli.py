@@ -56,8 +56,11 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                    help="'fashion-mnist', an ImageFolder directory or an .npz with 'images' and 'labels' "
                         "(default: fashion-mnist, its train split)")
     g.add_argument("--data-dir", default=None, help="where Fashion-MNIST's idx .gz files are")
-    g.add_argument("--val-fraction", type=float, default=0.1, help="validation split fraction (default: 0.1)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the split and the samples (default: 0)")
+    g.add_argument("--val-fraction", type=float, default=None,
+                   help="validation split fraction (default: the checkpoint's own, as recorded when it trained; "
+                        "0.1 when nothing is recorded)")
+    g.add_argument("--seed", type=int, default=None,
+                   help="seed of the split and the samples (default: the checkpoint's own training seed; else 0)")
     g.add_argument("--check-samples", type=int, default=2000,
                    help="validation images for parity and compatibility (default: 2000; the R@1 change is "
                         "reported with its paired standard error, ~0.5 points at 2000 images for int8)")
@@ -136,15 +139,46 @@ def register(sub) -> None:
 # ----------------------------------------------------------------------------- data
 
 
-def _split(args):
-    """(train part, validation part) of --data; the checks use validation images only."""
-    from hetsearch.cmpnas.data import load_data, train_val_split
+def _recorded_split(ckpt_dir) -> dict:
+    """The validation split a checkpoint trained with (fraction, seed, mode, open-set classes), from its meta."""
+    import json
+    from pathlib import Path
+
+    meta_path = Path(ckpt_dir) / "meta.json" if ckpt_dir else None
+    if not meta_path or not meta_path.is_file():
+        return {}
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return {}
+    tc = meta.get("train_config") or {}
+    out = {k: tc[k] for k in ("val_fraction", "seed", "val_mode") if tc.get(k) is not None}
+    if meta.get("open_set_classes"):
+        out["open_set_classes"] = list(meta["open_set_classes"])
+    return out
+
+
+def _split(args, ckpt_dir=None):
+    """(train part, validation part) of --data; the checks use validation images only. By default the split is
+    the one the checkpoint trained with (its recorded fraction, seed, mode and open-set classes), so that check
+    images are never images it was trained on; flags override, and the choice is printed."""
+    from hetsearch.cmpnas.data import load_data, open_set, train_val_split
     from hetsearch.errors import DataError
 
+    rec = _recorded_split(ckpt_dir)
+    fraction = args.val_fraction if args.val_fraction is not None else rec.get("val_fraction", 0.1)
+    seed = args.seed if args.seed is not None else rec.get("seed", 0)
+    mode = rec.get("val_mode", "auto")
+    args.seed = seed
     ds = load_data(args.data, split="train", data_dir=args.data_dir)
-    if not 0.0 < args.val_fraction < 1.0:
-        raise DataError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
-    return train_val_split(ds, args.val_fraction, args.seed)
+    held = [ds.classes.index(c) for c in rec.get("open_set_classes", []) if c in ds.classes]
+    if not 0.0 < fraction < 1.0:
+        raise DataError(f"--val-fraction must be in (0, 1), got {fraction}")
+    origin = "the checkpoint's own training split" if rec else "defaults (no checkpoint split recorded)"
+    print(f"check images: validation split of {args.data} (fraction {fraction}, seed {seed}, mode {mode}"
+          + (f", open-set classes {rec['open_set_classes']} left out" if held else "") + f"): {origin}",
+          file=sys.stderr, flush=True)
+    return train_val_split(open_set(ds, held, "train"), fraction, seed, mode=mode)
 
 
 def _sample(ds, n: int, seed: int, what: str):
@@ -190,7 +224,7 @@ def cmd_export(args) -> int:
     calib = check = None
     need_data = (not args.no_check) or "int8" in precisions
     if need_data:
-        train, val = _split(args)
+        train, val = _split(args, args.checkpoint)
         if not args.no_check:
             check = _sample(val, args.check_samples, args.seed + 2, "--check-samples")
         if "int8" in precisions:
@@ -240,7 +274,7 @@ def cmd_check(args) -> int:
     if args.threads < 1:
         raise HetsearchError("--threads must be at least 1")
     manifest = mf.load(args.bundle)
-    _, val = _split(args)
+    _, val = _split(args, args.query)
     images = _sample(val, args.check_samples, args.seed + 2, "--check-samples")
     files = [f.strip() for f in args.files.split(",") if f.strip()] if args.files else None
     results = check_bundle(args.bundle, images, gallery=args.gallery, query=args.query,

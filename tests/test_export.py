@@ -574,3 +574,20 @@ def test_show_tells_what_a_bundle_holds(bundle, tmp_path, capsys):
         assert main([cmd, str(out / "model-fp32.onnx"), *(["--gallery", "x"] if cmd == "check" else [])]) == 2
         err = capsys.readouterr().err
         assert "is not a bundle manifest but a .onnx file; give the bundle directory" in err
+
+
+def test_check_images_come_from_the_checkpoints_own_validation_split(pair, tmp_path, capsys):
+    from hetsearch.cli import main
+
+    _, query = pair
+    ck = tmp_path / "q"
+    shutil.copytree(query.path, ck)
+    meta = json.loads((ck / "meta.json").read_text())
+    meta["train_config"].update(seed=3, val_fraction=0.2, val_mode="stratified")
+    (ck / "meta.json").write_text(json.dumps(meta))
+    args = ["export", str(ck), "--formats", "onnx", "--check-samples", "50", "--quiet"]
+    assert main(args + ["--out", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    assert "fraction 0.2, seed 3, mode stratified): the checkpoint's own training split" in err
+    assert main(args + ["--out", str(tmp_path / "b"), "--seed", "7", "--val-fraction", "0.3"]) == 0
+    assert "fraction 0.3, seed 7" in capsys.readouterr().err
