@@ -63,6 +63,7 @@ MAX_CALIB_IMAGES = 1000
 TOOL_PACKAGES = ("torch", "onnx", "onnxscript", "onnxruntime", "litert-torch", "ai-edge-litert",
                  "ai-edge-quantizer", "coremltools", "numpy")
 _OUR_FILE = re.compile(r"^model-(fp32|fp16|int8)(-mediapipe)?\.(onnx|tflite|mlpackage)$")
+_OUR_PROFILE = re.compile(r"^profile-[A-Za-z0-9_.-]+\.(json|md)$")  # hetsearch profile's reports in a bundle
 
 
 def file_name(fmt: str, precision: str) -> str:
@@ -539,8 +540,8 @@ def export_bundle(checkpoint, out_dir, formats=("onnx", "tflite", "coreml"), pre
     calib = _pixels(model, calib_data, "calib_data")
 
     out.mkdir(parents=True, exist_ok=True)
-    for old in out.iterdir():  # files of a previous export that this one may not rewrite
-        if _OUR_FILE.match(old.name):
+    for old in out.iterdir():  # files of a previous export (and their latency profiles) this one may not rewrite
+        if _OUR_FILE.match(old.name) or _OUR_PROFILE.match(old.name):
             shutil.rmtree(old) if old.is_dir() else old.unlink()
 
     files, failures, results = [], [], {}

@@ -473,7 +473,8 @@ def profile_bundle(bundle: str | Path, target: str = "local", threads: int | Non
         "paragon": None,
     }
     if paragon is not None:
-        other = profile_bundle(paragon, target, threads, warmup, runs, min_seconds, formats, update_manifest,
+        # the paragon is measured for the ratios only: its bundle is not written to (it was not asked for)
+        other = profile_bundle(paragon, target, threads, warmup, runs, min_seconds, formats, update_manifest=False,
                                precisions=precisions, identity=identity, known_hosts=known_hosts,
                                remote_python=remote_python, benchmark_model=benchmark_model, adb=adb,
                                timeout=timeout)

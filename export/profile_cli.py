@@ -29,7 +29,8 @@ def register(sub) -> None:
     p.add_argument("--runs", type=int, default=50, help="at least this many timed runs (default 50)")
     p.add_argument("--min-seconds", type=float, default=1.0, help="and timing lasts at least this long (default 1)")
     p.add_argument("--formats", default=None, help="comma list of onnx,tflite,coreml (default: all in the bundle)")
-    p.add_argument("--precisions", default=None, help="comma list of fp32,fp16,int8 (default: all)")
+    p.add_argument("--precision", "--precisions", dest="precisions", default=None,
+                   help="comma list of fp32,fp16,int8 (default: all); --precisions also works")
     p.add_argument("--paragon", metavar="BUNDLE", default=None,
                    help="the paragon's bundle, profiled the same way, for latency ratios")
     p.add_argument("--identity", metavar="KEYFILE", default=None, help="ssh: private key file")

@@ -268,6 +268,11 @@ def main(argv: list[str] | None = None) -> int:
     except HetsearchError as exc:
         print(f"profile: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    failed = [r for r in report["results"] if r["status"] == "failed"]
+    if failed and len(failed) == len(report["results"]) and not args.json:
+        for r in failed:  # nothing ran: the errors, not a page of JSON
+            print(f"profile: error: {r['file']}: {r.get('error')}", file=sys.stderr)
+        return 2
     text = json.dumps(report, indent=2)
     if args.json:
         out = Path(args.json)

@@ -591,3 +591,16 @@ def test_check_images_come_from_the_checkpoints_own_validation_split(pair, tmp_p
     assert "fraction 0.2, seed 3, mode stratified): the checkpoint's own training split" in err
     assert main(args + ["--out", str(tmp_path / "b"), "--seed", "7", "--val-fraction", "0.3"]) == 0
     assert "fraction 0.3, seed 7" in capsys.readouterr().err
+
+
+def test_reexport_leaves_no_files_of_the_previous_model(pair, tmp_path):
+    from hetsearch.export.exporter import export_bundle
+
+    _, query = pair
+    out = tmp_path / "b"
+    out.mkdir()
+    for stale in ("model-int8.tflite", "profile-local.json", "profile-local.md"):
+        (out / stale).write_text("from the previous model")
+    (out / "notes.txt").write_text("the user's own file")
+    export_bundle(query.path, out, formats=("onnx",), precisions=("fp32",), progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model-fp32.onnx", "notes.txt"]

@@ -61,8 +61,13 @@ def test_sdk_profiler_command(bundle, tmp_path):
         assert r["runs"] >= 7 and r["threads_requested"] == 1 and r["input_shape"] == [1, 1, 28, 28]
     missing = subprocess.run([sys.executable, "-m", "hetsearch.sdk.profile", str(tmp_path / "nope.onnx")],
                              capture_output=True, text=True, timeout=60)
-    assert missing.returncode == 1
-    assert "does not exist" in json.loads(missing.stdout)["results"][0]["error"]
+    # nothing could run: an error, not a page of JSON
+    assert missing.returncode == 2 and not missing.stdout.strip()
+    assert "does not exist" in missing.stderr and "Traceback" not in missing.stderr
+    with_json = subprocess.run([sys.executable, "-m", "hetsearch.sdk.profile", str(tmp_path / "nope.onnx"),
+                                "--json", str(tmp_path / "p.json")], capture_output=True, text=True, timeout=60)
+    assert with_json.returncode == 1  # asked for the report: it is written, and says why
+    assert "does not exist" in json.loads((tmp_path / "p.json").read_text())["results"][0]["error"]
 
 
 def test_profile_local_updates_manifest_and_reports(bundle, tmp_path):
@@ -78,7 +83,7 @@ def test_profile_local_updates_manifest_and_reports(bundle, tmp_path):
     stored = manifest_mod.load(bundle)["latency"]["local"]
     assert set(stored) == {"model-fp32.onnx", "model-fp32.tflite"}
     assert stored["model-fp32.onnx"]["runtime"] == "onnxruntime" and stored["model-fp32.onnx"]["host"]["cpu"]
-    assert "local" in manifest_mod.load(paragon)["latency"]
+    assert not manifest_mod.load(paragon).get("latency")  # the paragon was measured, not written to
 
     only = profile_bundle(bundle, "local", formats="tflite", update_manifest=False, **FAST)
     assert [r["format"] for r in only["results"]] == ["tflite"]
