@@ -27,6 +27,7 @@ uses)::
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -48,7 +49,7 @@ from hetsearch.space import parse_space_id
 
 from . import wal as wallog
 from .errors import (AlreadyExists, DataDirInUse, DeadlineExceeded, GalleryCorrupt, InvalidArgument, NotFound,
-                     SpaceMismatch, StoreError, Unavailable, shown)
+                     ResourceExhausted, SpaceMismatch, StoreError, Unavailable, shown)
 from .index import METRICS, RWLock, SearchKnobs, VectorIndex, make_faiss_index
 from .logfmt import event
 
@@ -370,6 +371,11 @@ class Gallery:
         try:
             self.wal.append(payload_fn(seq), seq)
         except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise ResourceExhausted(
+                    f"gallery {self.spec.name!r}: the data directory's disk is full ({exc.strerror}); this write was "
+                    "not applied and nothing acknowledged is lost. Free space (or snapshot with compaction) and "
+                    "retry; searches keep working") from None
             raise Unavailable(f"gallery {self.spec.name!r}: cannot append to the write-ahead log: {exc}") from None
         self.last_seq = seq
         self.wal_records += 1
