@@ -116,3 +116,31 @@ def test_batch_results_are_bounded(tmp_path):
         assert len(stub.BatchSearch(batch_req(unit(10), k=100)).results) == 10  # 1000 results: at the limit
         err = rpc_error(stub.BatchSearch, batch_req(unit(11), k=100))
         assert err.code() == C.RESOURCE_EXHAUSTED and "asks for 1100 results" in err.details()
+
+
+def test_oversized_requests_and_connection_churn(tmp_path):
+    with running_server(tmp_path / "d", max_message_bytes=1 << 20) as s:
+        addr = f"127.0.0.1:{s.port}"
+        with grpc.insecure_channel(addr) as ch:
+            stub = pb_grpc.GalleryServiceStub(ch)
+            make_gallery(stub)
+            stub.Upsert(upsert_req(range(100), unit(100)))
+            big = upsert_req(range(40_000), unit(40_000))  # 2.6 MB: over this server's 1 MB message limit
+            assert rpc_error(stub.Upsert, big).code() == C.RESOURCE_EXHAUSTED
+            err = rpc_error(stub.Search, search_req(unit(1)[0], k=10**9))
+            assert err.code() == C.INVALID_ARGUMENT and "larger than the maximum" in err.details()
+            many = batch_req(unit(5000), k=1)  # under the message limit, over the 4096-query batch limit
+            err = rpc_error(stub.BatchSearch, many)
+            assert err.code() == C.RESOURCE_EXHAUSTED and "split it" in err.details()
+            assert rpc_error(stub.BatchSearch, batch_req(unit(20_000), k=1)).code() == C.RESOURCE_EXHAUSTED
+        # connections opened and dropped, some mid-call: the server keeps answering
+        for i in range(100):
+            c = grpc.insecure_channel(addr)
+            fut = pb_grpc.GalleryServiceStub(c).Search.future(search_req(unit(1, seed=i)[0]), timeout=10)
+            if i % 2:
+                fut.cancel()
+            else:
+                fut.result()
+            c.close()
+        with grpc.insecure_channel(addr) as ch:
+            assert pb_grpc.GalleryServiceStub(ch).DescribeGallery(pb.DescribeGalleryRequest(name="g")).vector_count == 100
