@@ -7,7 +7,8 @@ upsert is half-applied. Repeats for ``--cycles`` cycles on one data directory.
 
 Each cycle: start ``hetsearch serve`` (a subprocess) on the data directory and time how long it takes to
 answer; 3 writer threads upsert batches of 16 new ids, 1 deleter deletes acknowledged ids in batches of 8,
-2 searchers search; after 0.2-1.0 s (random) the server gets SIGKILL. After the restart, every id touched in
+2 searchers search (the deleter removes about a sixth of what is written); after 0.2-1.0 s (random)
+the server gets SIGKILL. After the restart, every id touched in
 the cycle and a random sample of 500 older ones are checked (an id is present when its own vector finds it as
 nearest neighbour in an exact Flat gallery); at the end, all of them. A batch in flight at the kill (not
 acknowledged) must be applied whole or not at all.
@@ -138,6 +139,7 @@ def main(argv=None) -> int:
                         with lock:
                             gone.update(pick)
                             stats["acked_deletes"] += len(pick)
+                        stop.wait(args.write_pause * 4)  # deletes ~1/6 of what is written: the gallery grows
 
                 def searcher(seed):
                     srng = np.random.default_rng(seed)

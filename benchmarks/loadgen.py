@@ -26,11 +26,13 @@ def _pin(cpus):
         os.sched_setaffinity(0, set(cpus))
 
 
-def _client(kind: str, target: dict, queries: np.ndarray, start_at: float, seconds: float, cpus, out) -> None:
-    """One client process: a closed loop of single-query searches in [start_at, start_at + seconds)."""
+def _client(kind: str, target: dict, queries: np.ndarray, start_at: float, seconds: float, cpus, out,
+            write_share: float = 0.0, client_id: int = 0) -> None:
+    """One client process: a closed loop of single-query searches in [start_at, start_at + seconds); with
+    ``write_share`` (gRPC only) that share of the calls are one-vector upserts of new ids instead."""
     _pin(cpus)
     os.environ["OMP_NUM_THREADS"] = "1"
-    lat, errors, first_error = [], 0, None
+    lat, at, errors, first_error = [], [], 0, None
     if kind == "grpc":
         import grpc
 
@@ -45,8 +47,15 @@ def _client(kind: str, target: dict, queries: np.ndarray, start_at: float, secon
         grpc.channel_ready_future(channel).result(timeout=60)
         stub.Search(requests[0], timeout=30)  # connected and warm
 
+        wrng = np.random.default_rng(client_id)
+
         def call(i):
-            stub.Search(requests[i % len(requests)], timeout=30)
+            if write_share and wrng.random() < write_share:
+                vec = queries[i % len(queries)]
+                stub.Upsert(pb.UpsertRequest(gallery=target["gallery"], space_id=target["space"],
+                                             ids=[10**12 + client_id * 10**9 + i], vectors=vec.tolist()), timeout=30)
+            else:
+                stub.Search(requests[i % len(requests)], timeout=30)
     else:
         import faiss
 
@@ -75,21 +84,27 @@ def _client(kind: str, target: dict, queries: np.ndarray, start_at: float, secon
             errors += 1
             first_error = first_error or f"{type(exc).__name__}: {str(exc)[:200]}"
         lat.append(time.perf_counter() - t0)
+        at.append(time.time() - start_at)
         i += 1
-    out.put({"lat": np.asarray(lat, np.float32), "errors": errors, "first_error": first_error})
+    out.put({"lat": np.asarray(lat, np.float32), "at": np.asarray(at, np.float32), "errors": errors,
+             "first_error": first_error})
 
 
 def run_load(kind: str, target: dict, queries: np.ndarray, clients: int, seconds: float = 5.0,
-             cpus=None, setup_seconds: float | None = None) -> dict:
-    """Aggregate QPS, p50/p99 (ms) and errors of ``clients`` client processes over a ``seconds`` window."""
+             cpus=None, setup_seconds: float | None = None, write_share: float = 0.0,
+             window: float | None = None, during=None) -> dict:
+    """Aggregate QPS, p50/p99 (ms) and errors of ``clients`` client processes over a ``seconds`` window.
+    ``window``: also QPS and p99 per window of that many seconds (``series``). ``during(start_at)``: called in
+    this process while the clients run (e.g. to sample the server's memory)."""
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     start_at = time.time() + (setup_seconds if setup_seconds is not None else 4.0 + 0.25 * clients)
     parts = np.array_split(np.asarray(queries, np.float32), clients)
-    procs = [ctx.Process(target=_client, args=(kind, target, parts[c], start_at, seconds, cpus, out), daemon=True)
-             for c in range(clients)]
+    procs = [ctx.Process(target=_client, args=(kind, target, parts[c], start_at, seconds, cpus, out, write_share, c),
+                         daemon=True) for c in range(clients)]
     for p in procs:
         p.start()
+    extra = during(start_at) if during else None
     results = [out.get(timeout=600 + seconds) for _ in procs]
     for p in procs:
         p.join(timeout=60)
@@ -100,7 +115,21 @@ def run_load(kind: str, target: dict, queries: np.ndarray, clients: int, seconds
             "p99_ms": float(np.percentile(lat, 99)) if lat.size else None,
             "errors": int(sum(r["errors"] for r in results)),
             "first_error": next((r["first_error"] for r in results if r["first_error"]), None),
-            "finished_late_s": round(max(0.0, late), 2)}
+            "finished_late_s": round(max(0.0, late), 2), "series": _series(results, seconds, window),
+            "during": extra}
+
+
+def _series(results, seconds: float, window: float | None) -> list[dict] | None:
+    if not window or not results:
+        return None
+    lat = np.concatenate([r["lat"] for r in results]) * 1000
+    at = np.concatenate([r["at"] for r in results])
+    rows = []
+    for w0 in np.arange(0.0, seconds, window):
+        sel = (at >= w0) & (at < w0 + window)
+        rows.append({"t_s": float(w0 + window), "qps": float(sel.sum() / window),
+                     "p99_ms": float(np.percentile(lat[sel], 99)) if sel.any() else None})
+    return rows
 
 
 def main(argv=None) -> int:
