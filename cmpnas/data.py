@@ -70,23 +70,20 @@ class ImageSet:
 
 
 def convert_images(images, height: int, width: int, channels: int) -> np.ndarray:
-    """Resize (bilinear) and convert channels; returns uint8 N×C×H×W."""
-    from PIL import Image
+    """Colour conversion and resize, exactly as the SDK does on the device (one torch-free module,
+    :func:`hetsearch.sdk.image.to_pixels`: ITU-R 601 luma for grayscale, PIL bilinear); returns uint8 N×C×H×W.
+    Training, evaluation and the export checks all see what a deployed model is fed."""
+    from hetsearch.sdk.image import to_pixels
 
     n = len(images)
     out = np.empty((n, channels, height, width), dtype=np.uint8)
     uniform = isinstance(images, np.ndarray)
     if uniform and images.shape[1:3] == (height, width) and images.shape[3] == channels:
         return np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+    color = "grayscale" if channels == 1 else "rgb"
     for i in range(n):
-        img = images[i]
-        if img.shape[2] != channels:
-            img = img.mean(axis=2, keepdims=True).round().astype(np.uint8) if channels == 1 else np.repeat(img, 3, axis=2)
-        if img.shape[:2] != (height, width):
-            pil = Image.fromarray(img[..., 0] if channels == 1 else img)
-            pil = pil.resize((width, height), Image.BILINEAR)
-            img = np.asarray(pil).reshape(height, width, channels)
-        out[i] = img.transpose(2, 0, 1)
+        px = to_pixels(np.asarray(images[i]), f"image #{i}", color, height, width)
+        out[i] = px[None] if px.ndim == 2 else px.transpose(2, 0, 1)
     return out
 
 

@@ -241,3 +241,24 @@ def test_float_arrays_in_0_1_are_taken_by_their_declared_range_never_silently(mo
         model.embed(img.astype(np.float32), float_range="0-1")
     black = np.zeros_like(scaled)
     assert np.isfinite(model.embed(black)).all()  # all zero is black in either range
+
+
+def test_training_and_the_sdk_feed_the_model_the_same_input(model):
+    """One preprocessing module: an RGB photo of another size becomes the same model input in training (ImageSet)
+    and on the device (SDK), so the deployed model sees what it was trained on."""
+    from hetsearch.cmpnas.data import ImageSet
+
+    rng = np.random.default_rng(5)
+    photos = rng.integers(0, 256, (3, 41, 37, 3), dtype=np.uint8)
+    photos[..., 0] //= 3  # colour casts: a channel mean and a luma differ here
+    trained = ImageSet(photos, np.zeros(3, np.int64), ["x"], "photos").as_model_input(28, 28, 1)
+    device = model.preprocess(list(photos))
+    if model.input_spec["layout"] == "NHWC":
+        device = device.transpose(0, 3, 1, 2)
+    assert np.array_equal(trained.astype(np.float32), device)
+    # the conversion training used before (a channel mean) would have fed the model something else
+    from PIL import Image
+
+    mean = [np.asarray(Image.fromarray(p.mean(axis=2).round().astype(np.uint8)).resize((28, 28), Image.BILINEAR))
+            for p in photos]
+    assert not np.array_equal(np.stack(mean).astype(np.float32), device[:, 0])
