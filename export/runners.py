@@ -1,12 +1,12 @@
-"""Minimal runners that execute a bundle's files with their real runtimes, for the export checks.
+"""Runners that execute a bundle's files for the export checks.
 
 Each runner takes float32 pixels N×C×H×W in [0, 255] (the bundle's input contract) and returns
-float32 [N, dim] embeddings, one image at a time (the files have a static batch of one). A file that
-a runtime cannot load — corrupted bytes, a truncated download — raises :class:`BundleError` naming
-the file and the runtime; a tampered file is caught earlier by the sha256 check
+float32 [N, dim] embeddings. ONNX and TFLite files run through the SDK's own runtime layer — the code a
+device runs (``hetsearch.sdk.runtime`` + ``hetsearch.sdk.model.embed_with``, as ``QueryModel`` does) —
+so a check vouches for it; MediaPipe files through MediaPipe's ``ImageEmbedder``; Core ML files only on
+macOS. A file that a runtime cannot load — corrupted bytes, a truncated download — raises
+:class:`BundleError` naming the file and the runtime; a tampered file is caught earlier by the sha256 check
 (:func:`hetsearch.manifest.verify_file` raises :class:`IntegrityError`).
-
-The SDK's ``QueryModel`` is the production runtime; these are deliberately small.
 """
 
 from __future__ import annotations
@@ -54,58 +54,36 @@ class Runner:
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
-class OnnxRunner(Runner):
-    runtime = "onnxruntime"
+class SdkRunner(Runner):
+    """An .onnx or .tflite file run by the SDK's own runtime layer (:func:`hetsearch.sdk.runtime.open_runtime` and
+    :func:`hetsearch.sdk.model.embed_with`, what ``QueryModel`` runs on a device): the checks vouch for that code,
+    not for a second runtime stack."""
+
+    NAMES = {"onnx": ("onnxruntime", "ONNX Runtime"), "tflite": ("litert", "the LiteRT interpreter")}
 
     def __init__(self, path, entry=None, threads=1):
         super().__init__(path, entry, threads)
-        ort = require("onnxruntime", "sdk", "running .onnx files")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
+        from hetsearch.errors import ModelError
+        from hetsearch.sdk.runtime import open_runtime
+
+        fmt = self.entry.get("format") or ("onnx" if self.path.suffix == ".onnx" else "tflite")
+        backend, label = self.NAMES[fmt]
+        self.runtime = backend
+        require("onnxruntime" if backend == "onnxruntime" else "ai_edge_litert.interpreter", "sdk",
+                f"running .{fmt} files")
         try:
-            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own (pybind) exception types
-            raise BundleError(f"{self.path}: ONNX Runtime cannot load this file ({_first_line(exc)}); "
-                              "it is corrupted or not an ONNX model") from exc
-        names = [i.name for i in self.session.get_inputs()]
-        outs = [o.name for o in self.session.get_outputs()]
-        if INPUT_NAME not in names or OUTPUT_NAME not in outs:
-            raise BundleError(f"{self.path}: expected input {INPUT_NAME!r} and output {OUTPUT_NAME!r}, "
-                              f"found inputs {names} and outputs {outs}")
+            self.rt = open_runtime(self.path, backend, threads)
+            self.rt.run(self.rt.prepare(np.zeros((1, *self.rt.input_shape[1:]), np.float32)))  # loads and runs
+        except (ModelError, RuntimeError, ValueError) as exc:
+            raise BundleError(f"{self.path}: {label} cannot load or run this file ({_first_line(exc)}); "
+                              "it is corrupted or not a model of this bundle") from exc
+        self.delegate = getattr(self.rt, "delegate", None)
+        self.dim = int(self.rt.output_shape[-1])
 
-    def run_one(self, x):
-        return self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+    def embed(self, pixels: np.ndarray) -> np.ndarray:
+        from hetsearch.sdk.model import embed_with
 
-
-class TFLiteRunner(Runner):
-    runtime = "litert"
-
-    def __init__(self, path, entry=None, threads=1):
-        super().__init__(path, entry, threads)
-        interp = require("ai_edge_litert.interpreter", "sdk", "running .tflite files")
-        from hetsearch.sdk.runtime import open_litert_interpreter
-
-        try:
-            self.interpreter, self.delegate = open_litert_interpreter(interp.Interpreter, self.path, threads)
-            self.runner = self.interpreter.get_signature_runner(self.entry.get("signature"))
-        except Exception as exc:
-            raise BundleError(f"{self.path}: the LiteRT interpreter cannot load this file ({_first_line(exc)}); "
-                              "it is corrupted or not a TFLite model") from exc
-        details = self.runner.get_input_details()
-        if INPUT_NAME in details:  # warm up inside open_runner's output capture (the delegate logs on first use)
-            shape = tuple(details[INPUT_NAME]["shape"])
-            try:
-                self.runner(**{INPUT_NAME: np.zeros(shape, np.float32)})
-            except Exception as exc:
-                raise BundleError(f"{self.path}: the LiteRT interpreter cannot run this file ({_first_line(exc)})") from exc
-        if INPUT_NAME not in details or OUTPUT_NAME not in self.runner.get_output_details():
-            raise BundleError(f"{self.path}: expected signature input {INPUT_NAME!r} and output {OUTPUT_NAME!r}, "
-                              f"found {sorted(details)} and {sorted(self.runner.get_output_details())}")
-
-    def run_one(self, x):
-        return self.runner(**{INPUT_NAME: x})[OUTPUT_NAME]
+        return embed_with(self.rt, self._prepare(pixels), self.dim, True, self.path.name)
 
 
 class CoreMLRunner(Runner):
@@ -160,7 +138,7 @@ class MediaPipeRunner(Runner):
         return np.stack(out)
 
 
-RUNNERS = {"onnx": OnnxRunner, "tflite": TFLiteRunner, "coreml": CoreMLRunner, "mediapipe": MediaPipeRunner}
+RUNNERS = {"onnx": SdkRunner, "tflite": SdkRunner, "coreml": CoreMLRunner, "mediapipe": MediaPipeRunner}
 
 
 def open_runner(bundle: str | os.PathLike, entry: dict, threads: int = 1, verify: bool = True) -> Runner:

@@ -123,6 +123,40 @@ def choose_file(manifest: dict, backend: str = "auto", precision: str | None = N
     )
 
 
+def embed_with(runtime: Runtime, inputs: np.ndarray, dim: int, l2_normalized: bool = True,
+               name: str = "the model") -> np.ndarray:
+    """Model inputs [N, ...] (the layout and value range the file takes) through a runtime: float32 [N, dim],
+    unit rows when ``l2_normalized``. What :meth:`QueryModel.run` does, and what the export checks run, so that
+    the checks vouch for the SDK's own code. NaN/Inf or all-zero outputs raise :class:`ModelError`."""
+    n = inputs.shape[0]
+    emb = np.empty((n, dim), dtype=np.float32)
+    if n == 0:
+        return emb
+
+    def rows(y: np.ndarray, m: int) -> np.ndarray:
+        y = np.asarray(y)
+        if y.size != m * dim:
+            raise ModelError(f"{name} returned shape {list(y.shape)}; expected [{m}, {dim}]")
+        return y.reshape(m, dim).astype(np.float32, copy=False)
+
+    x = runtime.prepare(inputs)
+    if runtime.batch_fixed:
+        for i in range(n):
+            emb[i] = rows(runtime.run(x[i : i + 1]), 1)[0]
+    else:
+        emb[:] = rows(runtime.run(x), n)
+    if not np.isfinite(emb).all():
+        bad = int(np.flatnonzero(~np.isfinite(emb).all(axis=1))[0])
+        raise ModelError(f"{name} ({runtime.name}) produced NaN or infinite values for image #{bad}; "
+                         "the model file is broken or overflows at this precision")
+    if l2_normalized:
+        norms = np.linalg.norm(emb, axis=1, keepdims=True)
+        if (norms < 1e-6).any():
+            raise ModelError(f"{name} produced an all-zero embedding; it cannot be normalised")
+        emb /= norms
+    return emb
+
+
 class QueryModel:
     """An exported query model ready to embed images on this device.
 
@@ -226,34 +260,7 @@ class QueryModel:
 
     def run(self, inputs: np.ndarray) -> np.ndarray:
         """Run preprocessed inputs ([N, ...] from :meth:`preprocess`) through the model: float32 [N, dim]."""
-        n = inputs.shape[0]
-        emb = np.empty((n, self.dim), dtype=np.float32)
-        if n == 0:
-            return emb
-        x = self.runtime.prepare(inputs)
-        if self.runtime.batch_fixed:
-            for i in range(n):
-                emb[i] = self._output_row(self.runtime.run(x[i : i + 1]), 1)[0]
-        else:
-            emb[:] = self._output_row(self.runtime.run(x), n)
-        if not np.isfinite(emb).all():
-            bad = int(np.flatnonzero(~np.isfinite(emb).all(axis=1))[0])
-            raise ModelError(
-                f"{self.path.name} ({self.backend}) produced NaN or infinite values for image #{bad}; "
-                "the model file is broken or overflows at this precision"
-            )
-        if self.l2_normalized:
-            norms = np.linalg.norm(emb, axis=1, keepdims=True)
-            if (norms < 1e-6).any():
-                raise ModelError(f"{self.path.name} produced an all-zero embedding; it cannot be normalised")
-            emb /= norms
-        return emb
-
-    def _output_row(self, y: np.ndarray, n: int) -> np.ndarray:
-        y = np.asarray(y)
-        if y.size != n * self.dim:
-            raise ModelError(f"{self.path.name} returned shape {list(y.shape)}; expected [{n}, {self.dim}]")
-        return y.reshape(n, self.dim).astype(np.float32, copy=False)
+        return embed_with(self.runtime, inputs, self.dim, self.l2_normalized, self.path.name)
 
     def embed(self, images: Any, float_range: str | None = None) -> np.ndarray:
         """Embed one image or a batch: float32 [N, dim], one unit-norm row per image, in input order.
