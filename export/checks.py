@@ -289,10 +289,18 @@ def check_file(bundle: str | os.PathLike, entry: dict, ctx: CheckContext, thresh
         if ctx.reference_r1 is not None:
             drop_limit = thresholds["compat_drop"].get(precision)
             se = paired_se(ctx.reference_hits, hits)
+            drop = ctx.reference_r1 - r1
             comp.update(reference_r1=ctx.reference_r1, delta=r1 - ctx.reference_r1, delta_se=se, max_drop=drop_limit)
-            if drop_limit is not None and ctx.reference_r1 - r1 > drop_limit + 1e-9:
-                fails.append(f"R@1 dropped {ctx.reference_r1 - r1:.2f} ± {se:.2f} points (paired standard error on "
-                             f"{len(hits)} images; {ctx.reference_r1:.2f} -> {r1:.2f}), more than {drop_limit}")
+            if drop_limit is not None and drop > drop_limit + 1e-9:
+                # a drop fails the gate when it is over the limit *and* real: more than twice its paired standard
+                # error (one flipped near-tie among 300 images is 0.33 points, above the fp32 limit of 0.2)
+                if drop > 2 * se + 1e-9:
+                    fails.append(f"R@1 dropped {drop:.2f} ± {se:.2f} points (paired standard error on {len(hits)} "
+                                 f"images; {ctx.reference_r1:.2f} -> {r1:.2f}), more than {drop_limit}")
+                else:
+                    comp["note"] = (f"the drop of {drop:.2f} points is over the limit of {drop_limit} but within "
+                                    f"twice its paired standard error ({se:.2f}) on {len(hits)} images: not "
+                                    "significant; check on more images to tell")
         if ctx.gallery_r1 and r1 < thresholds["min_compat_ratio"] * ctx.gallery_r1:
             fails.append(f"heterogeneous R@1 {r1:.2f} is below {thresholds['min_compat_ratio']} x the gallery "
                          f"model's own R@1 {ctx.gallery_r1:.2f}: not compatible with this gallery")

@@ -31,6 +31,7 @@ _CHECK_PART = {
         "gallery_r1": _NUM_OR_NULL,
         "delta": _NUM_OR_NULL,
         "delta_se": _NUM_OR_NULL,
+        "note": {"type": "string"},
         "max_drop": _NUM_OR_NULL,
         "ratio_to_gallery": _NUM_OR_NULL,
         "min_ratio": _NUM_OR_NULL,

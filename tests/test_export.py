@@ -31,16 +31,10 @@ def data():
 
 
 @pytest.fixture(scope="session")
-def pair(tmp_path_factory, data):
-    """A gallery model (resnet-tiny) and a query model (mbv3-tiny) trained against it (l2 regression)."""
-    from hetsearch.export.toy import train_gallery, train_query
-
-    train, _ = data
-    root = tmp_path_factory.mktemp("models")
-    x = train.as_model_input(28, 28, 1)
-    gallery = train_gallery(x, train.labels, root / "gallery", steps=40, batch=64, lr=5e-3)
-    query = train_query(x, root / "gallery", root / "query", steps=80, batch=64, lr=5e-3)
-    return gallery, query
+def pair(tiny_runs):
+    """A gallery model (resnet-tiny) and a query model (mbv3-tiny, the default compatibility loss) from the real
+    trainer (conftest's tiny_runs: 3 epochs on 3,000 Fashion-MNIST images), so the int8 tests prove the real recipe."""
+    return tiny_runs["gallery"], tiny_runs["query"]
 
 
 @pytest.fixture(scope="session")
@@ -142,7 +136,7 @@ def test_round_trip_parity_with_the_real_runtime(bundle, pair, data, fmt, prec):
 def test_compatibility_numbers_are_meaningful(bundle):
     _, manifest = bundle
     rec = manifest["checks"]["model-fp32.onnx"]["compat"]
-    # the toy query model lives in the gallery's space: far above chance (10%) and near the paragon
+    # the query model lives in the gallery's space: far above chance (10%) and near the paragon
     assert rec["reference_r1"] > 30 and rec["gallery_r1"] > 40
     assert rec["r1"] >= 0.5 * rec["gallery_r1"]
 
@@ -408,13 +402,13 @@ def test_a_failed_file_is_removed_and_the_rest_stay(bundle, pair, data, tmp_path
     from hetsearch.export.exporter import export_bundle
 
     gallery, query = pair
-    strict = {"compat_drop": {"fp32": -100.0}}  # an fp32 gate no file can pass: R@1 must rise by 100 points
+    strict = {"parity": {"fp32": {"cos_min": 1.01}}}  # an fp32 parity floor no file can reach
     m = export_bundle(query.path, tmp_path / "b", formats=("onnx",), precisions=("fp32", "fp16"),
                       gallery=gallery.path, check_data=data[1], thresholds=strict, progress=False)
     assert [e["path"] for e in m["files"]] == ["model-fp16.onnx"] and (tmp_path / "b" / "model-fp16.onnx").exists()
     assert not (tmp_path / "b" / "model-fp32.onnx").exists()
     (failure,) = m["failures"]
-    assert failure["stage"] == "checks" and failure["precision"] == "fp32" and "more than -100" in failure["reason"]
+    assert failure["stage"] == "checks" and failure["precision"] == "fp32" and "cos_min" in failure["reason"]
     from hetsearch.export.exporter import format_summary
 
     assert "failed checks (removed)" in format_summary(m)
@@ -604,3 +598,18 @@ def test_reexport_leaves_no_files_of_the_previous_model(pair, tmp_path):
     (out / "notes.txt").write_text("the user's own file")
     export_bundle(query.path, out, formats=("onnx",), precisions=("fp32",), progress=False)
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model-fp32.onnx", "notes.txt"]
+
+
+def test_a_drop_fails_the_gate_only_when_it_is_over_the_limit_and_significant(bundle, pair, data):
+    from hetsearch.export.checks import check_bundle, paired_se
+
+    out, _ = bundle
+    gallery, query = pair
+    # demand that R@1 rises half a point: the file's change (0 +- 0) is over that limit but not significant
+    res = check_bundle(out, data[1], gallery=gallery.path, query=query.path, files=["model-fp32.onnx"],
+                       thresholds={"compat_drop": {"fp32": -0.5}})["model-fp32.onnx"]
+    assert res["status"] == "passed" and "not significant" in res["compat"]["note"]
+    a = np.array([True] * 90 + [False] * 10)
+    b = a.copy()
+    b[:3] = False  # three queries lost, none gained: 3 points on 100, standard error 1.71
+    assert abs(paired_se(a, b) - 100 * np.sqrt(3 - 9 / 100) / 100) < 1e-9

@@ -14,12 +14,8 @@ from test_gallery_server_fixtures import running_server
 
 
 @pytest.fixture(scope="module")
-def gallery_model(tmp_path_factory, fmnist_train):
-    from hetsearch.export.toy import train_gallery
-
-    sub = fmnist_train.subset(np.arange(0, 600))
-    return train_gallery(sub.as_model_input(28, 28, 1), sub.labels, tmp_path_factory.mktemp("g") / "gallery",
-                         steps=5, batch=64)
+def gallery_model(tiny_runs):
+    return tiny_runs["gallery"]
 
 
 def _index(gallery_model, *extra):
