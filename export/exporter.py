@@ -62,7 +62,7 @@ COREML_TARGET = "iOS16"
 MAX_CALIB_IMAGES = 1000
 TOOL_PACKAGES = ("torch", "onnx", "onnxscript", "onnxruntime", "litert-torch", "ai-edge-litert",
                  "ai-edge-quantizer", "coremltools", "numpy")
-_OUR_FILE = re.compile(r"^model-(fp32|fp16|int8)(-mediapipe)?\.(onnx|tflite|mlpackage)$")
+_OUR_FILE = re.compile(rf"^model-({'|'.join(mf.PRECISIONS)})(-mediapipe)?\.(onnx|tflite|mlpackage)$")
 _OUR_PROFILE = re.compile(r"^profile-[A-Za-z0-9_.-]+\.(json|md)$")  # hetsearch profile's reports in a bundle
 
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 
+from hetsearch.manifest import FORMATS, PRECISIONS  # the names are declared once, there
+
 _HEX64 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
-_PRECISION = {"enum": ["fp32", "fp16", "int8"]}
-_FORMAT = {"enum": ["onnx", "tflite", "coreml", "mediapipe"]}
+_PRECISION = {"enum": list(PRECISIONS)}
+_FORMAT = {"enum": list(FORMATS)}
 _STATUS = {"enum": ["passed", "failed", "skipped", "error"]}
 _NUM_OR_NULL = {"type": ["number", "null"]}
 
@@ -96,7 +98,7 @@ MANIFEST_SCHEMA: dict = {
                 "required": ["path", "format", "precision", "sha256", "bytes", "runtime"],
                 "properties": {
                     "path": {"type": "string",
-                             "pattern": "^model-(fp32|fp16|int8)(-mediapipe)?\\.(onnx|tflite|mlpackage)$"},
+                             "pattern": f"^model-({'|'.join(PRECISIONS)})(-mediapipe)?\\.(onnx|tflite|mlpackage)$"},
                     "format": _FORMAT,
                     "precision": _PRECISION,
                     "sha256": _HEX64,
