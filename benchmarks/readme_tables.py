@@ -1,0 +1,124 @@
+"""The README's measured tables, generated from ``benchmarks/results/`` so that they cannot drift from the numbers.
+
+    python -m benchmarks.readme_tables           # rewrite every generated block of README.md
+    python -m benchmarks.readme_tables --check   # exit 1 when a block differs from the results (a test runs this)
+
+A generated block sits between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->`` lines; everything else in
+the README is prose and stays as written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def _load(name: str) -> dict:
+    return json.loads((RESULTS / name).read_text())
+
+
+def _mm(v: float) -> str:
+    return f"{v:.3f}" if v < 0.2 else f"{v:.2f}"
+
+
+def nas_table() -> str:
+    """The paper-style table (nas.json): mean ± std over seeds, the best R@1 of each budget in bold."""
+    d = _load("nas.json")
+    par_mm, compat = d["paragon"]["mmacs"], d["compat"]
+    label = {"homogeneous compact (alone)": "`{arch}` alone (homogeneous)", "hand-designed + compat": "`{arch}` + " + compat,
+             "CMP-NAS + finetune": "CMP-NAS + finetune", "random search + finetune": "random search + finetune",
+             "CMP-NAS + finetune (extra budget)": "CMP-NAS + finetune (separate search)"}
+    rows = [r for r in d["table"] if r["method"] in label]
+    best = {}
+    for r in rows:
+        best[r["budget"]] = max(best.get(r["budget"], -1.0), r["r1_mean"])
+    out = ["| budget (MMACs) | method | MMACs | cost reduction | R@1 (mean ± std) | behind paragon |",
+           "|---|---|---|---|---|---|"]
+    seen = set()
+    for r in rows:
+        b = r["budget"]
+        head = "" if b in seen else f"{b:g} ({par_mm / b:.0f}×)"
+        seen.add(b)
+        r1 = f"{r['r1_mean']:.2f} ± {r['r1_std']:.2f}"
+        if r["r1_mean"] == best[b] and sum(x["budget"] == b for x in rows) > 1:
+            r1 = f"**{r1}**"
+        out.append(f"| {head} | {label[r['method']].format(arch=r.get('arch'))} | {_mm(r['mmacs'])} | "
+                   f"{r['cost_reduction']:.1f}× | {r1} | {r['gap_mean']:.2f} |")
+    return "\n".join(out)
+
+
+def export_int8_table() -> str:
+    """int8 parity and R@1 change per model and format (export.json)."""
+    d = _load("export.json")
+    by = {(r["model"], r["format"], r["precision"]): r for r in d["rows"]}
+    out = ["| model | MMACs | ONNX int8 cos min | ONNX int8 R@1 Δ | TFLite int8 cos min | TFLite int8 R@1 Δ |",
+           "|---|---|---|---|---|---|"]
+    for name, m in d["models"].items():
+        cells = []
+        for fmt in ("onnx", "tflite"):
+            r = by.get((name, fmt, "int8"))
+            if r is None or r.get("cos_min") is None:
+                cells += ["-", "-"]
+                continue
+            cells += [f"{r['cos_min']:.5f}", f"{r['r1_delta']:+.2f} ± {r['r1_delta_se']:.2f}".replace("-", "−")]
+        label = name if name == m["architecture"] else f"{name} ({m['architecture']})"
+        out.append(f"| {label} | {m['mmacs']:.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def server_table() -> str:
+    """Concurrent client processes against the server and against in-process faiss (server.json)."""
+    d = _load("server.json")
+    conc = {(r["index"], r["clients"], r["mode"]): r for r in d["concurrency"]}
+    out = ["| index (100k) | clients | gRPC QPS | gRPC p50 / p99 (ms) | in-process QPS | gRPC share | errors |",
+           "|---|---|---|---|---|---|---|"]
+    for s in d["concurrency_share"]:
+        g = conc[(s["index"], s["clients"], "gRPC")]
+        i = conc[(s["index"], s["clients"], "in-process")]
+        out.append(f"| {s['index']} | {s['clients']} | {g['qps']:,.0f} | {g['p50_ms']:.2f} / {g['p99_ms']:.1f} | "
+                   f"{i['qps']:,.0f} | {100 * s['grpc_qps_share']:.1f}% | {g['errors']} |")
+    return "\n".join(out)
+
+
+BLOCKS = {"nas": nas_table, "export-int8": export_int8_table, "server-concurrency": server_table}
+
+
+def render(text: str) -> str:
+    """``text`` with every generated block replaced by what the results say now."""
+    for name, make in BLOCKS.items():
+        pattern = re.compile(rf"(<!-- results:{re.escape(name)} -->\n).*?(\n<!-- /results:{re.escape(name)} -->)", re.S)
+        if not pattern.search(text):
+            raise SystemExit(f"README.md has no block <!-- results:{name} --> … <!-- /results:{name} -->")
+        text = pattern.sub(lambda m: m.group(1) + make() + m.group(2), text)
+    return text
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.readme_tables", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--check", action="store_true", help="only report whether README.md is up to date")
+    p.add_argument("--readme", default=str(REPO / "README.md"))
+    args = p.parse_args(argv)
+    path = Path(args.readme)
+    old = path.read_text()
+    new = render(old)
+    if args.check:
+        if new != old:
+            print("README.md's generated tables differ from benchmarks/results/: run python -m benchmarks.readme_tables",
+                  file=sys.stderr)
+            return 1
+        print("README.md's generated tables match benchmarks/results/")
+        return 0
+    path.write_text(new)
+    print(f"rewrote {len(BLOCKS)} generated block(s) of {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

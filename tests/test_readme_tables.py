@@ -1,0 +1,19 @@
+"""The README's measured tables are generated from benchmarks/results/ and must match them (no drift)."""
+
+from benchmarks.readme_tables import BLOCKS, REPO, main, render
+
+
+def test_readme_tables_match_the_results(capsys):
+    assert main(["--check"]) == 0, capsys.readouterr().err
+    text = (REPO / "README.md").read_text()
+    for name in BLOCKS:
+        assert f"<!-- results:{name} -->" in text
+
+
+def test_a_stale_table_is_caught(tmp_path):
+    text = (REPO / "README.md").read_text()
+    stale = text.replace("| 0.93850 |", "| 0.99999 |", 1)
+    assert stale != text and render(stale) == text
+    readme = tmp_path / "README.md"
+    readme.write_text(stale)
+    assert main(["--check", "--readme", str(readme)]) == 1
