@@ -33,7 +33,6 @@ runs on every file (:mod:`hetsearch.export.checks`).
 from __future__ import annotations
 
 import logging
-import os
 import platform
 import re
 import shutil
@@ -50,9 +49,9 @@ from hetsearch import __version__ as HETSEARCH_VERSION
 from hetsearch import manifest as mf
 from hetsearch.errors import BundleError, CheckFailed, HetsearchError, SpaceMismatchError
 from hetsearch.report import format_table
+from hetsearch.sdk.runtime import captured_output as _captured
 
 from . import checks as ck
-from .runners import captured_output as _captured
 
 log = logging.getLogger("hetsearch.export")
 
@@ -270,10 +269,8 @@ class _Converter:
     INT8_LEVELS = (("int8 body", None), ("the 4x4 and smaller stages", 16), ("the 7x7 and smaller stages", 49))
 
     def _tflite_int8(self, base: Path) -> tuple[bytes, dict]:
-        from ai_edge_quantizer import qtyping, quantizer, recipe_manager
+        from ai_edge_quantizer import calibrator, qtyping, quantizer, recipe_manager
         from ai_edge_quantizer.algorithm_manager import AlgorithmName
-
-        from ai_edge_quantizer import calibrator
         from ai_edge_quantizer.utils import qsv_utils
 
         op = qtyping.TFLOperationName
@@ -281,7 +278,7 @@ class _Converter:
         held = len(calib) // 4 if len(calib) >= 8 else 0
         fit, probe = calib[: len(calib) - held], calib[len(calib) - held :] if held else calib
         samples = {"serving_default": [{"pixels": fit[i : i + 1]} for i in range(len(fit))]}
-        reference = _litert_embed(base, probe)
+        reference = _sdk_embed(base, probe)
         target = ck.DEFAULT_PARITY["int8"]
         tried = []
         for label, max_hw in self.INT8_LEVELS:
@@ -313,7 +310,9 @@ class _Converter:
             cal = cal_run.get_model_qsvs()
             widened = widen_zero_ranges(cal)
             quantized = bytes(q.quantize(cal, enable_progress_report=False).quantized_model)
-            stats = ck.parity_stats(reference, _litert_embed(quantized, probe))
+            candidate = self.work / "int8-candidate.tflite"
+            candidate.write_bytes(quantized)
+            stats = ck.parity_stats(reference, _sdk_embed(candidate, probe))
             tried.append({"float": label, "cos_min": round(stats["cos_min"], 5), "cos_mean": round(stats["cos_mean"], 5),
                           "float_tensors": len(small)})
             if stats["cos_min"] >= target["cos_min"] and stats["cos_mean"] >= target["cos_mean"]:
@@ -390,24 +389,18 @@ class _Converter:
         return self.calib
 
 
-def _litert_embed(model: Path | bytes, pixels: np.ndarray) -> np.ndarray:
-    """Run a TFLite file (path or bytes) over float32 N×C×H×W pixels, one image at a time."""
-    from ai_edge_litert import interpreter as litert
+def _sdk_embed(path: Path, pixels: np.ndarray) -> np.ndarray:
+    """A .tflite file over N×C×H×W pixels through the SDK's runtime (what the checks and devices run); NaN rows
+    when it computes nothing usable (NaN/Inf or all-zero outputs), so that parity fails instead of the export."""
+    from hetsearch.errors import ModelError
 
-    from hetsearch.sdk.runtime import open_litert_interpreter
+    from .runners import SdkRunner
 
-    if isinstance(model, bytes):
-        tmp = tempfile.NamedTemporaryFile(suffix=".tflite", delete=False)
-        tmp.write(model)
-        tmp.close()
-        try:
-            return _litert_embed(Path(tmp.name), pixels)
-        finally:
-            os.unlink(tmp.name)
-    interp, _ = open_litert_interpreter(litert.Interpreter, model, 1)
-    run = interp.get_signature_runner("serving_default")
-    x = np.asarray(pixels, np.float32)
-    return np.concatenate([run(pixels=x[i : i + 1])["embedding"] for i in range(len(x))])
+    runner = SdkRunner(path, {"format": "tflite"})
+    try:
+        return runner.embed(pixels)
+    except ModelError:
+        return np.full((len(pixels), runner.dim), np.nan, np.float32)
 
 
 def _small_tensor_names(model: Path, max_hw: int) -> list[str]:

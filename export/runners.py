@@ -19,7 +19,7 @@ import numpy as np
 
 from hetsearch.errors import BundleError, HetsearchError, require
 from hetsearch.manifest import verify_file
-from hetsearch.sdk.runtime import captured_output  # noqa: F401 - used here and by the exporter
+from hetsearch.sdk.runtime import captured_output
 
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "embedding"

@@ -6,7 +6,7 @@ service turns ``code`` (a ``grpc.StatusCode`` name) into the status it returns.
 
 from __future__ import annotations
 
-from hetsearch.errors import HetsearchError, SpaceMismatchError, shown  # noqa: F401 - shown is re-exported
+from hetsearch.errors import HetsearchError, SpaceMismatchError, shown
 
 
 class StoreError(HetsearchError):
