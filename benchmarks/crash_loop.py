@@ -41,14 +41,24 @@ def _unit(rng, n):
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def _present(client, ids, vectors) -> set:
+def ids_present(client, ids, vectors) -> set:
+    """The ids among ``ids`` whose own vector (``vectors[id]``) finds them as nearest neighbour (exact Flat)."""
     found = set()
-    ids = list(ids)
+    ids = sorted(ids)
     for s in range(0, len(ids), 1000):
         chunk = ids[s:s + 1000]
         hits = client.search(np.stack([vectors[i] for i in chunk]), k=1)
         found.update(i for i, h in zip(chunk, hits) if h and h[0].id == i)
     return found
+
+
+def kill_under_load(proc, stop, threads, timeout: float = 30.0) -> None:
+    """SIGKILL the server while ``threads`` run, then stop and join them (their calls fail: not acknowledged)."""
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=timeout)
+    stop.set()
+    for t in threads:
+        t.join(timeout=timeout)
 
 
 def main(argv=None) -> int:
@@ -89,7 +99,7 @@ def main(argv=None) -> int:
                 with lock:
                     older = sorted((live | gone) - check)
                 check |= set(rng.sample(older, min(500, len(older))))
-                found = _present(c, sorted(check), vectors)
+                found = ids_present(c, check, vectors)
                 stats["lost_writes"] += len((check & live) - found)
                 stats["resurrected_deletes"] += len((check & gone) & found)
                 for batch in prev_in_flight if cycle else []:
@@ -157,11 +167,7 @@ def main(argv=None) -> int:
                 for t in threads:
                     t.start()
                 time.sleep(0.2 + 0.8 * rng.random())
-                proc.send_signal(signal.SIGKILL)
-                proc.wait(timeout=30)
-                stop.set()
-                for t in threads:
-                    t.join(timeout=30)
+                kill_under_load(proc, stop, threads)
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -178,7 +184,7 @@ def main(argv=None) -> int:
     proc, port, start_s = start_server(data, threads=None)
     try:
         with GalleryClient(f"127.0.0.1:{port}", gallery="g", space_id=space, retries=0, timeout=30) as c:
-            found = _present(c, sorted(live | gone), vectors)
+            found = ids_present(c, live | gone, vectors)
             final = {"live_checked": len(live), "live_missing": len(live - found), "deleted_checked": len(gone),
                      "deleted_found": len(gone & found), "vector_count": c.describe().vector_count}
     finally:

@@ -13,24 +13,12 @@ import time
 import numpy as np
 import pytest
 
+from benchmarks.crash_loop import ids_present, kill_under_load
 from hetsearch.gallery_server import wal as wallog
 from hetsearch.gallery_server.errors import GalleryCorrupt
 from hetsearch.gallery_server.store import open_offline
 from hetsearch.sdk.client import GalleryClient, GalleryClientError, GalleryUnavailableError
 from test_gallery_server_fixtures import DIM, SPACE, running_server, spawn_server, unit
-
-
-def _ids_present(client: GalleryClient, vectors: dict) -> set:
-    """Ids found as their own nearest neighbour (exact Flat index)."""
-    if not vectors:
-        return set()
-    ids = sorted(vectors)
-    found = set()
-    for start in range(0, len(ids), 1000):
-        chunk = ids[start: start + 1000]
-        hits = client.search(np.stack([vectors[i] for i in chunk]), k=1)
-        found.update(i for i, h in zip(chunk, hits) if h and h[0].id == i)
-    return found
 
 
 def test_sigkill_during_upserts_keeps_every_acknowledged_write(tmp_path):
@@ -46,7 +34,7 @@ def test_sigkill_during_upserts_keeps_every_acknowledged_write(tmp_path):
                 if cycle == 0:
                     c.create_gallery("g", SPACE)
                 # everything acknowledged before any earlier crash survived the restart
-                assert _ids_present(c, acked) == set(acked), f"cycle {cycle}: acknowledged ids lost"
+                assert ids_present(c, acked, acked) == set(acked), f"cycle {cycle}: acknowledged ids lost"
                 stop = threading.Event()
 
                 def writer(seed):
@@ -71,11 +59,7 @@ def test_sigkill_during_upserts_keeps_every_acknowledged_write(tmp_path):
                 if cycle == 1:
                     c.snapshot("g")  # a snapshot in the middle of the stream
                     time.sleep(0.2)
-                proc.send_signal(signal.SIGKILL)
-                proc.wait(timeout=10)
-                stop.set()
-                for t in threads:
-                    t.join(timeout=10)
+                kill_under_load(proc, stop, threads, timeout=10)
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -84,7 +68,7 @@ def test_sigkill_during_upserts_keeps_every_acknowledged_write(tmp_path):
     proc, port = spawn_server(data)
     try:
         with GalleryClient(f"127.0.0.1:{port}", gallery="g", space_id=SPACE) as c:
-            assert _ids_present(c, acked) == set(acked)
+            assert ids_present(c, acked, acked) == set(acked)
             assert c.describe().vector_count >= len(acked)
     finally:
         proc.terminate()
