@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hetsearch.errors import BundleError, HetsearchError, require
+from hetsearch.errors import BundleError, HetsearchError, ModelError, require
 from hetsearch.manifest import verify_file
 from hetsearch.sdk.runtime import captured_output
 
@@ -63,14 +63,11 @@ class SdkRunner(Runner):
 
     def __init__(self, path, entry=None, threads=1):
         super().__init__(path, entry, threads)
-        from hetsearch.errors import ModelError
-        from hetsearch.sdk.runtime import open_runtime
+        from hetsearch.sdk.runtime import open_runtime  # raises MissingDependency for an absent runtime
 
         fmt = self.entry.get("format") or ("onnx" if self.path.suffix == ".onnx" else "tflite")
         backend, label = self.NAMES[fmt]
         self.runtime = backend
-        require("onnxruntime" if backend == "onnxruntime" else "ai_edge_litert.interpreter", "sdk",
-                f"running .{fmt} files")
         try:
             self.rt = open_runtime(self.path, backend, threads)
             self.rt.run(self.rt.prepare(np.zeros((1, *self.rt.input_shape[1:]), np.float32)))  # loads and runs
