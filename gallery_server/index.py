@@ -22,16 +22,14 @@ from __future__ import annotations
 import json
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import faiss
 import numpy as np
 
+from .backend import DEFAULT_EF_SEARCH, DEFAULT_NPROBE, SearchKnobs, last_occurrences
 from .errors import InvalidArgument, shown
 
 METRICS = {"cosine": faiss.METRIC_INNER_PRODUCT, "ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
-DEFAULT_EF_SEARCH = 64
-DEFAULT_NPROBE = 16
 
 
 # OpenMP's thread count is per thread: omp_set_num_threads() in the main thread does not reach
@@ -74,12 +72,6 @@ def train_threshold(index) -> int:
     if ivf is not None:
         return max(39 * int(ivf.nlist), 1000)
     return 10_000
-
-
-@dataclass
-class SearchKnobs:
-    ef_search: int = 0
-    nprobe: int = 0
 
 
 class RWLock:
@@ -179,10 +171,8 @@ class VectorIndex:
         ids = np.asarray(ids, dtype=np.int64)
         if len(ids) == 0:
             return 0
-        # keep the last occurrence of each id
-        rev_unique, rev_pos = np.unique(ids[::-1], return_index=True)
-        keep = np.sort(len(ids) - 1 - rev_pos)
-        if len(keep) != len(ids):
+        keep = last_occurrences(ids)
+        if keep is not None:
             ids = ids[keep]
             vectors = vectors[keep]
             metadata = [metadata[i] for i in keep] if metadata else metadata

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 from socketserver import ThreadingMixIn
@@ -9,6 +10,11 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from .errors import StoreError
+from .logfmt import event
+
+log = logging.getLogger("hetsearch.gallery_server.metrics")
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -44,15 +50,25 @@ class _GalleryCollector:
                                     labels=["gallery"])
         trunc = CounterMetricFamily("hetsearch_wal_truncations",
                                     "Torn or corrupt log tails cut off at load", labels=["gallery"])
-        for info in self.store.list():
+        try:
+            infos = self.store.list()
+        except StoreError as exc:  # e.g. Milvus is down: the request metrics still scrape, the gauges say so
+            log.warning(event("metrics_gallery_list_failed", error=exc))
+            infos = []
+            backend_up = 0.0
+        else:
+            backend_up = 1.0
+        up = GaugeMetricFamily("hetsearch_backend_up", "1 if the store answered the gallery listing at this scrape")
+        up.add_metric([], backend_up)
+        for info in infos:
             name = info.spec.name
             vectors.add_metric([name], info.vector_count)
             deleted.add_metric([name], info.deleted_count)
             ready.add_metric([name], 1.0 if info.state == "READY" else 0.0)
             wal_bytes.add_metric([name], info.wal_bytes)
             wal_lag.add_metric([name], info.wal_records)
-            trunc.add_metric([name], self.store.galleries[name].truncations if name in self.store.galleries else 0)
-        yield from (vectors, deleted, ready, wal_bytes, wal_lag, trunc)
+            trunc.add_metric([name], info.truncations)
+        yield from (up, vectors, deleted, ready, wal_bytes, wal_lag, trunc)
 
 
 class Metrics:

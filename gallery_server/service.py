@@ -19,9 +19,9 @@ import numpy as np
 from hetsearch.v1 import gallery_pb2 as pb
 from hetsearch.v1 import gallery_pb2_grpc as pb_grpc
 
+from .backend import GalleryInfo, StoreBase
 from .errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, SpaceMismatch, StoreError, Unavailable
 from .logfmt import event
-from .store import GalleryInfo, GalleryStore
 
 log = logging.getLogger("hetsearch.gallery_server.service")
 
@@ -103,7 +103,7 @@ def _result(ids, scores, metadata) -> pb.SearchResult:
 
 
 class GalleryServicer(pb_grpc.GalleryServiceServicer):
-    def __init__(self, store: GalleryStore, metrics, max_batch_queries: int = 4096,
+    def __init__(self, store: StoreBase, metrics, max_batch_queries: int = 4096,
                  max_upsert_vectors: int = 100_000, max_batch_results: int = 1_000_000):
         self.store = store
         self.metrics = metrics
@@ -117,7 +117,7 @@ class GalleryServicer(pb_grpc.GalleryServiceServicer):
     def CreateGallery(self, request, context, deadline):
         info = self.store.create_gallery(
             request.name, request.space_id, dim=request.dim, metric=request.metric or "cosine",
-            index_factory=request.index_factory or "Flat", ef_search=request.default_params.hnsw_ef_search,
+            index_factory=request.index_factory, ef_search=request.default_params.hnsw_ef_search,
             nprobe=request.default_params.ivf_nprobe)
         return gallery_message(info)
 
@@ -166,6 +166,7 @@ class GalleryServicer(pb_grpc.GalleryServiceServicer):
     @_rpc
     def Search(self, request, context, deadline):
         g = self.store.get(request.gallery)
+        g.require_ready()  # before the dim checks: an unreadable gallery's dim is unknown
         if not len(request.embedding):
             raise InvalidArgument("embedding is empty")
         if len(request.embedding) != g.spec.dim:
@@ -178,6 +179,7 @@ class GalleryServicer(pb_grpc.GalleryServiceServicer):
     @_rpc
     def BatchSearch(self, request, context, deadline):
         g = self.store.get(request.gallery)
+        g.require_ready()
         total = len(request.embeddings)
         if total == 0:
             raise InvalidArgument("embeddings is empty")

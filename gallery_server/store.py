@@ -1,4 +1,7 @@
-"""Galleries on disk: atomic snapshots + write-ahead log, loaded and served from memory.
+"""Galleries on disk: atomic snapshots + write-ahead log, loaded and served from memory with faiss.
+
+The default backend behind the store interface of :mod:`.backend` (the Milvus one is in
+:mod:`.milvus_store`); the request checks shared by both live there.
 
 Layout of a data directory::
 
@@ -32,119 +35,26 @@ import fcntl
 import json
 import logging
 import os
-import re
 import shutil
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from hetsearch.hit import Hit
 from hetsearch.space import parse_space_id
 
 from . import wal as wallog
-from .errors import (AlreadyExists, DataDirInUse, DeadlineExceeded, GalleryCorrupt, InvalidArgument, NotFound,
-                     ResourceExhausted, SpaceMismatch, StoreError, Unavailable, shown)
-from .index import METRICS, RWLock, SearchKnobs, VectorIndex, make_faiss_index
+from .backend import (LOADING, MAX_EF_SEARCH, MAX_K, MAX_NPROBE, READY, UNAVAILABLE, GalleryBase, GalleryInfo,
+                      GallerySpec, StoreBase, check_name, check_vectors, new_spec, not_found, reuse_existing)
+from .errors import (DataDirInUse, DeadlineExceeded, GalleryCorrupt, InvalidArgument, NotFound, ResourceExhausted,
+                     StoreError, Unavailable)
+from .index import RWLock, VectorIndex, make_faiss_index
 from .logfmt import event
 from .snapshot import atomic_write, read_snapshot, snapshot_seq, write_snapshot
 
 log = logging.getLogger("hetsearch.gallery_server.store")
 
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # fullmatch: "$" would accept a trailing newline
 SPEC_FILE = "gallery.json"
-READY, LOADING, UNAVAILABLE = "READY", "LOADING", "UNAVAILABLE"
-MAX_K = 10_000
-# Per-request knobs that size memory: HNSW allocates a candidate heap of efSearch entries per query (2^31 - 1 made
-# the server grow past 17 GB), IVF visits at most nlist lists whatever nprobe says. 65,536 candidates is 64x the
-# efSearch where recall saturates on our galleries and costs 512 KB per searching thread.
-MAX_EF_SEARCH = 1 << 16
-MAX_NPROBE = 1 << 20
-MAX_NORM = 1e18  # un-normalised metrics: squared norms up to 1e36 stay finite in float32
-
-
-# --------------------------------------------------------------------------- helpers
-def check_name(name: str) -> str:
-    if not name:
-        raise InvalidArgument("gallery name is required")
-    if not NAME_RE.fullmatch(name):
-        raise InvalidArgument(f"invalid gallery name {shown(name)}: use 1-128 letters, digits, '_', '-' or '.', "
-                              "starting with a letter or digit")
-    return name
-
-
-def check_vectors(values, dim: int, what: str, normalise: bool) -> np.ndarray:
-    """Flat floats → float32 [n, dim]; INVALID_ARGUMENT for wrong size, NaN/Inf or zero vectors (cosine)."""
-    arr = np.asarray(values, dtype=np.float32)
-    if arr.ndim == 1:
-        if arr.size == 0:
-            raise InvalidArgument(f"{what} is empty")
-        if arr.size % dim:
-            raise InvalidArgument(f"{what} has {arr.size} values, not a multiple of the gallery's dim {dim}")
-        arr = arr.reshape(-1, dim)
-    elif arr.ndim != 2 or arr.shape[1] != dim:
-        raise InvalidArgument(f"{what} has shape {tuple(arr.shape)}, expected [n, {dim}]")
-    if not np.isfinite(arr).all():
-        bad = int(np.flatnonzero(~np.isfinite(arr).all(axis=1))[0])
-        raise InvalidArgument(f"{what} row {bad} contains NaN or Inf")
-    arr = np.array(arr, dtype=np.float32, order="C", copy=True)
-    wide = arr.astype(np.float64)
-    norms = np.linalg.norm(wide, axis=1)
-    if normalise:
-        if (norms == 0).any():
-            bad = int(np.flatnonzero(norms == 0)[0])
-            raise InvalidArgument(f"{what} row {bad} is a zero vector; cosine needs a direction")
-        # in float64: a float32 norm of 3e38-sized components overflows and would turn the row into zeros
-        arr = (wide / norms[:, None]).astype(np.float32)
-    elif (norms > MAX_NORM).any():
-        bad = int(np.flatnonzero(norms > MAX_NORM)[0])
-        raise InvalidArgument(f"{what} row {bad} has norm {norms[bad]:.3g}; inner products and distances of "
-                              f"vectors beyond {MAX_NORM:.0e} overflow float32")
-    return arr
-
-
-@dataclass
-class GallerySpec:
-    name: str
-    space_id: str
-    dim: int
-    metric: str = "cosine"
-    index_factory: str = "Flat"
-    ef_search: int = 0
-    nprobe: int = 0
-    created_unix_ms: int = 0
-
-    @classmethod
-    def from_json(cls, data: dict) -> "GallerySpec":
-        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
-        return cls(**known)
-
-
-@dataclass
-class GalleryInfo:
-    """What DescribeGallery reports."""
-
-    spec: GallerySpec
-    state: str
-    status_message: str = ""
-    vector_count: int = 0
-    deleted_count: int = 0
-    trained: bool = True
-    last_seq: int = 0
-    snapshot_seq: int = 0
-    wal_records: int = 0
-    wal_bytes: int = 0
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
-    def space_id(self) -> str:
-        return self.spec.space_id
 
 
 @dataclass
@@ -157,7 +67,7 @@ class LoadReport:
 
 
 # --------------------------------------------------------------------------- a gallery
-class Gallery:
+class Gallery(GalleryBase):
     def __init__(self, directory: Path, spec: GallerySpec, fsync: bool = True, auto_snapshot_bytes: int = 0):
         self.dir = Path(directory)
         self.auto_snapshot_bytes = auto_snapshot_bytes  # 0: only on request
@@ -252,32 +162,7 @@ class Gallery:
         else:
             index.delete(rec.ids)
 
-    # ------------------------------------------------------------------ checks
-    def require_ready(self) -> None:
-        if self.dropped:
-            raise NotFound(f"gallery {self.spec.name!r} was dropped")
-        if self.state == LOADING:
-            raise Unavailable(f"gallery {self.spec.name!r} is still loading; retry shortly")
-        if self.state != READY:
-            raise GalleryCorrupt(f"gallery {self.spec.name!r} is unavailable: {self.status_message}")
-
-    def check_space(self, space_id: str, what: str) -> None:
-        if not space_id:
-            raise InvalidArgument(f"space_id is required: name the embedding space the {what} comes from")
-        if space_id != self.spec.space_id:
-            raise SpaceMismatch(self.spec.name, self.spec.space_id, space_id, what)
-
-    @contextmanager
-    def _writing(self, deadline: float | None):
-        timeout = -1 if deadline is None else max(0.0, deadline - time.monotonic())
-        if not self.write_mutex.acquire(timeout=timeout):
-            raise DeadlineExceeded(f"deadline passed while waiting to write to gallery {self.spec.name!r}")
-        try:
-            self.require_ready()
-            yield
-        finally:
-            self.write_mutex.release()
-
+    # ------------------------------------------------------------------ writes
     def _log(self, payload_fn) -> int:
         """Append one record (caller holds write_mutex); returns its seq."""
         seq = self.last_seq + 1
@@ -304,20 +189,7 @@ class Gallery:
             raise StoreError(self.status_message) from None
 
     # ------------------------------------------------------------------ writes
-    def upsert(self, ids, vectors, metadata=None, space_id: str = "", deadline: float | None = None) -> tuple[int, int]:
-        self.require_ready()
-        self.check_space(space_id, "vector")
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        if len(ids) == 0:
-            raise InvalidArgument("upsert has no ids")
-        if (ids < 0).any():
-            raise InvalidArgument(f"ids must be >= 0, got {int(ids[ids < 0][0])}")
-        vec = check_vectors(vectors, self.spec.dim, "vectors", self.spec.metric == "cosine")
-        if len(vec) != len(ids):
-            raise InvalidArgument(f"{len(ids)} ids but {len(vec)} vectors of dim {self.spec.dim}")
-        metadata = list(metadata) if metadata is not None and len(metadata) else None
-        if metadata is not None and len(metadata) != len(ids):
-            raise InvalidArgument(f"{len(ids)} ids but {len(metadata)} metadata strings (give none or one per id)")
+    def _upsert(self, ids, vec, metadata, deadline) -> tuple[int, int]:
         with self._writing(deadline):
             seq = self._log(lambda s: wallog.encode_upsert(s, ids, vec, metadata))
             with self.rw.write():
@@ -329,10 +201,7 @@ class Gallery:
         self._maybe_snapshot()
         return seq, count
 
-    def delete(self, ids, deadline: float | None = None) -> tuple[int, int, int]:
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        if len(ids) == 0:
-            raise InvalidArgument("delete has no ids")
+    def _delete(self, ids, deadline) -> tuple[int, int, int]:
         with self._writing(deadline):
             seq = self._log(lambda s: wallog.encode_delete(s, ids))
             with self.rw.write():
@@ -404,22 +273,7 @@ class Gallery:
                 "compacted": removed, "seconds": seconds}
 
     # ------------------------------------------------------------------ reads
-    def search(self, queries, k: int, space_id: str = "", ef_search: int = 0, nprobe: int = 0,
-               deadline: float | None = None):
-        """[(ids, scores, metadata)] per query, best first."""
-        self.require_ready()
-        self.check_space(space_id, "query")
-        if not isinstance(k, (int, np.integer)) or k <= 0:
-            raise InvalidArgument(f"k must be a positive integer, got {k}")
-        if k > MAX_K:
-            raise InvalidArgument(f"k={k} is larger than the maximum {MAX_K}")
-        if not 0 <= ef_search <= MAX_EF_SEARCH:
-            raise InvalidArgument(f"hnsw_ef_search={ef_search} is out of range: 0 (the gallery's default) to "
-                                  f"{MAX_EF_SEARCH}")
-        if not 0 <= nprobe <= MAX_NPROBE:
-            raise InvalidArgument(f"ivf_nprobe={nprobe} is out of range: 0 (the gallery's default) to {MAX_NPROBE}")
-        q = check_vectors(queries, self.spec.dim, "query", self.spec.metric == "cosine")
-        knobs = SearchKnobs(ef_search=ef_search or self.spec.ef_search, nprobe=nprobe or self.spec.nprobe)
+    def _search(self, q, k, knobs, deadline):
         out = []
         chunk = 256
         for start in range(0, len(q), chunk):
@@ -441,7 +295,8 @@ class Gallery:
             spec=self.spec, state=self.state, status_message=self.status_message,
             vector_count=idx.count if idx else 0, deleted_count=idx.deleted if idx else 0,
             trained=idx.trained if idx else False, last_seq=self.last_seq, snapshot_seq=self.snapshot_seq,
-            wal_records=self.wal_records, wal_bytes=self.wal.bytes if self.wal else 0)
+            wal_records=self.wal_records, wal_bytes=self.wal.bytes if self.wal else 0,
+            truncations=self.truncations)
 
     def close(self) -> None:
         with self.write_mutex:
@@ -453,8 +308,10 @@ class Gallery:
 
 
 # --------------------------------------------------------------------------- the store
-class GalleryStore:
-    """All galleries of one data directory. Thread-safe."""
+class GalleryStore(StoreBase):
+    """All galleries of one data directory, in faiss indexes in this process. Thread-safe."""
+
+    backend = "faiss"
 
     def __init__(self, data_dir, fsync: bool = True, auto_snapshot_bytes: int = 0):
         self.root = Path(data_dir)
@@ -535,21 +392,12 @@ class GalleryStore:
                 os.close(self._lockfile)
                 self._lockfile = None
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
     # ------------------------------------------------------------------ galleries
     def get(self, name: str) -> Gallery:
         check_name(name)
         g = self.galleries.get(name)
         if g is None:
-            have = sorted(self.galleries)
-            listed = ", ".join(repr(n) for n in have[:20]) + (f" … ({len(have)} in all)" if len(have) > 20 else "")
-            raise NotFound(f"gallery {name!r} not found; " + (f"existing galleries: {listed}" if have else
-                                                               "there are no galleries yet"))
+            raise not_found(name, list(self.galleries))
         return g
 
     def list(self) -> list[GalleryInfo]:
@@ -558,36 +406,14 @@ class GalleryStore:
         return [g.info() for _, g in gs]
 
     def create_gallery(self, name: str, space_id: str, dim: int = 0, metric: str = "cosine",
-                       index_factory: str = "Flat", ef_search: int = 0, nprobe: int = 0,
+                       index_factory: str = "", ef_search: int = 0, nprobe: int = 0,
                        exist_ok: bool = False) -> GalleryInfo:
-        check_name(name)
-        try:
-            space = parse_space_id(space_id)
-        except ValueError as exc:
-            raise InvalidArgument(str(exc)) from None
-        if dim and int(dim) != space["dim"]:
-            raise InvalidArgument(f"dim {dim} does not match space {space_id!r}, whose embeddings have "
-                                  f"dim {space['dim']}")
-        metric = metric or "cosine"
-        index_factory = (index_factory or "Flat").strip()
-        if metric not in METRICS:
-            raise InvalidArgument(f"metric must be one of {sorted(METRICS)}, got {shown(metric)}")
-        if not (0 <= ef_search <= MAX_EF_SEARCH and 0 <= nprobe <= MAX_NPROBE):
-            raise InvalidArgument(f"default search params out of range: hnsw_ef_search 0..{MAX_EF_SEARCH}, "
-                                  f"ivf_nprobe 0..{MAX_NPROBE}; got {ef_search} and {nprobe}")
-        make_faiss_index(space["dim"], metric, index_factory)  # validates the factory string
-        spec = GallerySpec(name=name, space_id=space_id, dim=space["dim"], metric=metric,
-                           index_factory=index_factory, ef_search=int(ef_search), nprobe=int(nprobe),
-                           created_unix_ms=int(time.time() * 1000))
+        spec = new_spec(name, space_id, dim, metric, index_factory, ef_search, nprobe, default_index="Flat")
+        make_faiss_index(spec.dim, spec.metric, spec.index_factory)  # validates the factory string
         with self._lock:
             existing = self.galleries.get(name)
-            if existing is not None:
-                same = (existing.spec.space_id, existing.spec.metric, existing.spec.index_factory) == (
-                    space_id, metric, index_factory)
-                if exist_ok and same:
-                    return existing.info()
-                raise AlreadyExists(f"gallery {name!r} already exists (space {existing.spec.space_id!r}, "
-                                    f"index {existing.spec.index_factory!r})")
+            if existing is not None and reuse_existing(existing.spec, spec, exist_ok):
+                return existing.info()
             final = self.root / "galleries" / name
             tmp = self.root / f".trash-create-{name}-{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
@@ -617,26 +443,6 @@ class GalleryStore:
                 del self.galleries[name]
         shutil.rmtree(trash, ignore_errors=True)
         log.info(event("gallery_dropped", gallery=name))
-
-    # ------------------------------------------------------------------ shortcuts
-    def upsert(self, name: str, ids, vectors, metadata=None, space_id: str = "", deadline=None) -> tuple[int, int]:
-        """Insert or replace ``vectors`` ([n, dim] or flat) under ``ids``; durable on return. (seq, count)."""
-        return self.get(name).upsert(ids, vectors, metadata, space_id=space_id, deadline=deadline)
-
-    def delete(self, name: str, ids, deadline=None) -> tuple[int, int, int]:
-        return self.get(name).delete(ids, deadline=deadline)
-
-    def search(self, name: str, queries, k: int, space_id: str = "", **kw):
-        """Raw results, one ``(ids, scores, metadata)`` per query (arrays, best first); see :meth:`search_hits`."""
-        return self.get(name).search(queries, k, space_id=space_id, **kw)
-
-    def search_hits(self, name: str, queries, k: int, space_id: str = "", ef_search: int = 0,
-                    nprobe: int = 0) -> list[list[Hit]]:
-        """Like ``GalleryClient.batch_search``: one list of :class:`~hetsearch.hit.Hit` per query (``queries``:
-        [n, dim] or one [dim] vector), best first, under the same space guard and limits as the server."""
-        out = self.get(name).search(queries, k, space_id=space_id, ef_search=ef_search, nprobe=nprobe)
-        return [[Hit(int(i), float(s), m) for i, s, m in zip(ids.tolist(), scores.tolist(), meta)]
-                for ids, scores, meta in out]
 
     def snapshot(self, name: str | None = None, compact: bool = False, deadline=None) -> list[dict]:
         if name:
@@ -671,4 +477,4 @@ def open_offline(data_dir, create: bool = True, fsync: bool = True) -> GallerySt
 
 
 __all__ = ["GalleryStore", "Gallery", "GallerySpec", "GalleryInfo", "open_offline", "MAX_K", "MAX_EF_SEARCH",
-           "MAX_NPROBE", "atomic_write", "read_snapshot", "write_snapshot", "check_vectors"]
+           "MAX_NPROBE", "atomic_write", "read_snapshot", "write_snapshot", "check_name", "check_vectors"]
