@@ -24,6 +24,11 @@ examples:
   hetsearch serve --data-dir gallery-data --port 0 --port-file server.port --metrics-port 9100
   hetsearch serve --data-dir gallery-data --host 0.0.0.0 --token-file tokens.txt \\
       --tls-cert server.crt --tls-key server.key
+  hetsearch serve --backend milvus --milvus-uri http://127.0.0.1:19530 --milvus-token-file milvus.token
+
+backends: faiss (default) keeps each gallery in this process, with a write-ahead log and snapshots in
+--data-dir; milvus keeps each gallery in a Milvus collection (pip install 'hetsearch[milvus]'). The gRPC API,
+the embedding-space guard and the status codes are the same; see README, "Serving on Milvus".
 
 token file: `read=TOKEN` and `admin=TOKEN` lines (or two bare lines: read, then admin).
 The admin token may do everything, the read token searches, lists and describes.
@@ -56,7 +61,18 @@ def register(sub) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
     p = sub.add_parser("serve", help="run the gallery gRPC server", formatter_class=fmt, epilog=SERVE_EPILOG,
                        description="Serve nearest-neighbour lookups over the galleries in a data directory.")
-    p.add_argument("--data-dir", required=True, help="data directory (created if missing)")
+    p.add_argument("--data-dir", help="faiss backend: data directory (created if missing)")
+    p.add_argument("--backend", choices=["faiss", "milvus"], default="faiss",
+                   help="where galleries live: faiss in this process (default) or Milvus collections")
+    p.add_argument("--milvus-uri", help="milvus backend: http://HOST:19530 (or a path for Milvus Lite's embedded "
+                                        "engine)")
+    p.add_argument("--milvus-db", default="", help="milvus backend: database to keep the galleries in (default: "
+                                                  "Milvus's default database)")
+    p.add_argument("--milvus-token-file", help="milvus backend: file holding the Milvus token (user:password or an "
+                                               "API key) on one line")
+    p.add_argument("--milvus-timeout", type=float, default=10.0,
+                   help="milvus backend: seconds one Milvus call may take (default 10; a request's own deadline "
+                        "wins when shorter)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=50051, help="port (0 picks a free one; default 50051)")
     p.add_argument("--port-file", help="write the bound port to this file once serving")
@@ -108,10 +124,17 @@ def cmd_serve(args) -> int:
         raise DataError("TLS needs both --tls-cert and --tls-key")
     if not 0 <= args.port <= 65535:
         raise DataError(f"--port must be 0..65535, got {args.port}")
+    milvus_token = None
+    if args.milvus_token_file:
+        from .milvus_store import load_token_file as load_milvus_token
+
+        milvus_token = load_milvus_token(args.milvus_token_file)
     config = ServerConfig(
-        data_dir=args.data_dir, host=args.host, port=args.port, tokens=tokens, tls_cert=args.tls_cert,
-        tls_key=args.tls_key, metrics_port=args.metrics_port, omp_threads=args.threads or DEFAULT_OMP_THREADS,
-        workers=args.workers, max_message_bytes=int(args.max_message_mb * 1024 * 1024), grace_s=args.grace,
+        data_dir=args.data_dir, backend=args.backend, milvus_uri=args.milvus_uri or "", milvus_token=milvus_token,
+        milvus_db=args.milvus_db, milvus_timeout_s=args.milvus_timeout, host=args.host, port=args.port,
+        tokens=tokens, tls_cert=args.tls_cert, tls_key=args.tls_key, metrics_port=args.metrics_port,
+        omp_threads=args.threads or DEFAULT_OMP_THREADS, workers=args.workers,
+        max_message_bytes=int(args.max_message_mb * 1024 * 1024), grace_s=args.grace,
         auto_snapshot_bytes=int(args.snapshot_every_mb * 1024 * 1024))
     server = GalleryServer(config)
     stop = threading.Event()

@@ -20,7 +20,7 @@ import os
 import threading
 import time
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -33,6 +33,8 @@ from hetsearch.v1 import gallery_pb2, gallery_pb2_grpc
 from .auth import AuthInterceptor, Tokens
 from .logfmt import event
 from .metrics import Metrics
+from .backend import StoreBase
+from .errors import StoreError
 from .service import GalleryServicer
 from .store import GalleryStore
 
@@ -57,9 +59,12 @@ def hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
+BACKENDS = ("faiss", "milvus")
+
+
 @dataclass
 class ServerConfig:
-    data_dir: str | os.PathLike
+    data_dir: str | os.PathLike | None  # the faiss backend's data directory
     host: str = "127.0.0.1"
     port: int = 50051
     tokens: Tokens = Tokens()
@@ -77,13 +82,34 @@ class ServerConfig:
     auto_snapshot_bytes: int = 1 << 30  # snapshot a gallery in the background once its log passes this
     grace_s: float = 10.0
     drain_delay_s: float = 0.0  # keep answering while NOT_SERVING propagates to load balancers
+    backend: str = "faiss"  # "faiss" (galleries in data_dir) or "milvus" (collections in milvus_uri)
+    milvus_uri: str = ""
+    milvus_token: str | None = field(default=None, repr=False)
+    milvus_db: str = ""  # Milvus database ("": its default)
+    milvus_timeout_s: float = 10.0  # per Milvus call, within the request's own deadline
+
+
+def make_store(c: ServerConfig) -> StoreBase:
+    """The store the config asks for; DataError when the options do not fit the backend."""
+    if c.backend == "faiss":
+        if not c.data_dir:
+            raise DataError("the faiss backend needs --data-dir (or use --backend milvus --milvus-uri URI)")
+        if c.milvus_uri or c.milvus_token or c.milvus_db:
+            raise DataError("--milvus-uri, --milvus-db and --milvus-token-file are for --backend milvus")
+        return GalleryStore(c.data_dir, fsync=c.fsync, auto_snapshot_bytes=c.auto_snapshot_bytes)
+    if c.backend == "milvus":
+        from .milvus_store import MilvusStore
+
+        if c.data_dir:
+            raise DataError("--backend milvus keeps galleries in Milvus: give --milvus-uri, not --data-dir")
+        return MilvusStore(c.milvus_uri, token=c.milvus_token, timeout_s=c.milvus_timeout_s, db_name=c.milvus_db)
+    raise DataError(f"unknown backend {c.backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
 class GalleryServer:
     def __init__(self, config: ServerConfig):
         self.config = config
-        self.store = GalleryStore(config.data_dir, fsync=config.fsync,
-                                  auto_snapshot_bytes=config.auto_snapshot_bytes)
+        self.store = make_store(config)
         self.metrics = Metrics(self.store)
         self.health = health.HealthServicer()
         self.servicer = GalleryServicer(self.store, self.metrics, max_batch_queries=config.max_batch_queries,
@@ -114,7 +140,8 @@ class GalleryServer:
     def start(self, load: bool = True) -> int:
         """Bind, start answering (health NOT_SERVING), load the galleries, then SERVING. Returns the port."""
         c = self.config
-        set_faiss_threads(c.omp_threads)
+        if c.backend == "faiss":
+            set_faiss_threads(c.omp_threads)
         creds = self._credentials()
         self.store.open()
         options = [
@@ -141,8 +168,8 @@ class GalleryServer:
         self.grpc_server, self.port = server, port
         if c.metrics_port is not None:
             self.metrics_port = self.metrics.serve(c.metrics_port, c.metrics_host or c.host)
-        log.info(event("listening", address=hostport(c.host, port), tls=bool(creds), auth=c.tokens.enabled,
-                       metrics_port=self.metrics_port if self.metrics_port is not None else "-"))
+        log.info(event("listening", address=hostport(c.host, port), backend=self.store.backend, tls=bool(creds),
+                       auth=c.tokens.enabled, metrics_port=self.metrics_port if self.metrics_port is not None else "-"))
         if load:
             self.load()
         return port
@@ -152,7 +179,11 @@ class GalleryServer:
         self.store.load_all()
         self.servicer.serving = True
         self._set_health(True)
-        infos = self.store.list()
+        try:
+            infos = self.store.list()
+        except StoreError as exc:  # a Milvus that is down: serving anyway, its calls answer UNAVAILABLE
+            log.error(event("store_unavailable", backend=self.store.backend, error=exc))
+            infos = []
         log.info(event("serving", galleries=len(infos), unavailable=sum(i.state != "READY" for i in infos),
                        vectors=sum(i.vector_count for i in infos), seconds=round(time.perf_counter() - t0, 3)))
 

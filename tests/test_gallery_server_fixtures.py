@@ -128,13 +128,16 @@ def self_signed_cert(directory: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-def spawn_server(data_dir: Path, *extra: str, timeout: float = 30.0) -> tuple[subprocess.Popen, int]:
-    """``python -m hetsearch.gallery_server serve`` in a subprocess; returns it and its port once serving."""
+def spawn_server(data_dir: Path, *extra: str, timeout: float = 30.0,
+                 store_args: list[str] | None = None) -> tuple[subprocess.Popen, int]:
+    """``python -m hetsearch.gallery_server serve`` in a subprocess; returns it and its port once serving.
+    Its port file and log go beside ``data_dir``; ``store_args`` replace ``--data-dir DATA_DIR`` (another backend)."""
     port_file = Path(data_dir).parent / f"port-{time.time_ns()}"
     log = open(Path(data_dir).parent / "server.log", "ab")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    store_args = ["--data-dir", str(data_dir)] if store_args is None else store_args
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hetsearch.gallery_server", "serve", "--data-dir", str(data_dir), "--port", "0",
+        [sys.executable, "-m", "hetsearch.gallery_server", "serve", *store_args, "--port", "0",
          "--port-file", str(port_file), "--grace", "2", *extra],
         cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
     log.close()
