@@ -17,6 +17,21 @@ a JSON + Markdown report (default BUNDLE/profile-TARGET.json and .md).
 """
 
 
+def add_profiler_args(p, timeout: float) -> None:
+    """The profiler's timing settings and the ways to reach a target (shared with ``nas latency-model``)."""
+    p.add_argument("--warmup", type=int, default=5, help="untimed runs before timing (default 5)")
+    p.add_argument("--runs", type=int, default=50, help="at least this many timed runs (default 50)")
+    p.add_argument("--min-seconds", type=float, default=1.0, help="and timing lasts at least this long (default 1)")
+    p.add_argument("--identity", metavar="KEYFILE", default=None, help="ssh: private key file")
+    p.add_argument("--known-hosts", metavar="FILE", default=None, help="ssh: known_hosts file to use")
+    p.add_argument("--remote-python", default="python3", help="ssh: the device's Python with hetsearch[sdk]")
+    p.add_argument("--benchmark-model", metavar="PATH", default=None,
+                   help="adb: LiteRT benchmark_model binary (local file to push, or a path on the device)")
+    p.add_argument("--adb", default="adb", help="adb: the adb executable (default: adb on PATH)")
+    p.add_argument("--timeout", type=float, default=timeout, help=f"seconds allowed for one profiling call on a "
+                   f"target (default {timeout:g})")
+
+
 def register(sub) -> None:
     p = sub.add_parser("profile", help="measure a bundle's latency on target hardware",
                        description="Run each file of a bundle with its real runtime on a target and record "
@@ -25,21 +40,12 @@ def register(sub) -> None:
     p.add_argument("bundle", metavar="BUNDLE")
     p.add_argument("--target", default="local", help="local | ssh://user@host[:port] | adb://SERIAL (default local)")
     p.add_argument("--threads", type=int, default=None, help="runtime CPU threads (default: the runtime's choice)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed runs before timing (default 5)")
-    p.add_argument("--runs", type=int, default=50, help="at least this many timed runs (default 50)")
-    p.add_argument("--min-seconds", type=float, default=1.0, help="and timing lasts at least this long (default 1)")
     p.add_argument("--formats", default=None, help="comma list of onnx,tflite,coreml (default: all in the bundle)")
     p.add_argument("--precision", "--precisions", dest="precisions", default=None,
                    help="comma list of fp32,fp16,int8 (default: all); --precisions also works")
     p.add_argument("--paragon", metavar="BUNDLE", default=None,
                    help="the paragon's bundle, profiled the same way, for latency ratios")
-    p.add_argument("--identity", metavar="KEYFILE", default=None, help="ssh: private key file")
-    p.add_argument("--known-hosts", metavar="FILE", default=None, help="ssh: known_hosts file to use")
-    p.add_argument("--remote-python", default="python3", help="ssh: the device's Python with hetsearch[sdk]")
-    p.add_argument("--benchmark-model", metavar="PATH", default=None,
-                   help="adb: LiteRT benchmark_model binary (local file to push, or a path on the device)")
-    p.add_argument("--adb", default="adb", help="adb: the adb executable (default: adb on PATH)")
-    p.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed for profiling on a target")
+    add_profiler_args(p, timeout=1800.0)
     p.add_argument("--json", metavar="FILE", default=None,
                    help="report path (a .md twin is written next to it; default BUNDLE/profile-TARGET.json)")
     p.add_argument("--no-manifest", action="store_true", help="do not record the results in the manifest")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from hetsearch.errors import DataError, ModelError
@@ -11,6 +12,7 @@ NAS_EPILOG = """\
 CMP-NAS in three steps, against a frozen gallery model:
   hetsearch nas supernet --gallery runs/gallery --data fashion-mnist --epochs 10 --out runs/supernet
   hetsearch nas search --supernet runs/supernet --max-mmacs 1.3 --budgets 0.13,0.4 --out runs/search
+  (or in milliseconds on a device: `hetsearch nas latency-model`, then `nas search --latency-model FILE --max-ms X`)
   hetsearch nas finetune --subnet runs/search/subnet-0.4 --supernet runs/supernet --epochs 8 --out runs/nas-0.4
 Then `hetsearch eval` / `hetsearch export` take runs/nas-0.4 like any query model.
 """
@@ -35,13 +37,30 @@ examples:
   # one search, several device budgets (MMACs), a mixed reward, a bigger population
   hetsearch nas search --supernet runs/supernet --budgets 0.13,0.4,1.3 --reward mix:0.7 \\
       --population 32 --generations 10 --out runs/search
-  # a latency budget (ms) from a device profile instead of MACs
+  # latency budgets (ms) from a latency model measured on the device; the winners are measured there too
+  hetsearch nas latency-model --supernet runs/supernet --target local --format tflite --out lat.json
+  hetsearch nas search --supernet runs/supernet --latency-model lat.json --max-ms 0.03,0.06 --out runs/search-ms
+  # a hand-written latency profile (predicted only)
   hetsearch nas search --supernet runs/supernet --latency-profile pixel7.json --max-ms 2.5 --out runs/search-px7
 
 Writes DIR/search.json (best per budget, Pareto front, history, every evaluation, the random baseline),
 DIR/pareto.png and per budget DIR/subnet-<budget>/ (arch.json, spec.json and the subnet with inherited,
 BN-recalibrated weights as a query checkpoint); the random baseline's winners go to DIR/random/.
 The reward is measured on a validation split carved from the training data, never on the test split.
+"""
+
+LATENCY_EPILOG = """\
+examples:
+  hetsearch nas latency-model --supernet runs/supernet --target local --format tflite --out lat-tflite.json
+  hetsearch nas latency-model --supernet runs/supernet --target ssh://pi@board --identity ~/.ssh/id_ed25519 \\
+      --format onnx --threads 2 --samples 60 --out lat-pi.json
+  # interrupted? the measurements so far are in the file:
+  hetsearch nas latency-model ... --out lat-pi.json --resume
+
+Each subnet is extracted, exported with the exporter (one file), checked for parity against PyTorch on a few
+images, and profiled on the target with the profiler (p50). The file records the device, runtimes and tool
+versions, every measurement (with the load average at the time), the candidates' cross-validated error, the
+chosen predictor and its error on the held-out subnets (MAPE, Kendall tau).
 """
 
 FINETUNE_EPILOG = """\
@@ -189,17 +208,30 @@ def cmd_search(args) -> int:
 
     set_threads(args.threads)
     net, meta = load_supernet(args.supernet)
-    if args.latency_profile:
-        cost = LatencyTable(net.config, args.latency_profile)
-        cap = args.max_ms
+    max_ms = _floats(args.max_ms, "--max-ms")
+    device_check = None
+    if args.latency_profile and args.latency_model:
+        raise ModelError("give either --latency-model (measured with `hetsearch nas latency-model`) or "
+                         "--latency-profile (a hand-written profile), not both")
+    if args.latency_profile or args.latency_model:
+        cost = LatencyTable(net.config, args.latency_model or args.latency_profile)
+        cap = max(max_ms) if max_ms else None
         if args.max_mmacs is not None:
-            raise ModelError("with --latency-profile the budgets are in ms: use --max-ms (and --budgets in ms)")
+            raise ModelError("with a latency model the budgets are in ms: use --max-ms (and --budgets in ms)")
+        if args.latency_model and not args.no_measure:
+            from .latency import DeviceCheck
+
+            device_check = DeviceCheck(cost.model, net, meta.get("space_id"))
+        elif args.latency_model:
+            print("WARNING: --no-measure: the chosen subnets' latency is predicted only, NOT measured on "
+                  f"{cost.model.get('target')}", file=sys.stderr)
     else:
         cost = MacsCost(net.config)
         cap = args.max_mmacs
-        if args.max_ms is not None:
-            raise ModelError("--max-ms needs --latency-profile FILE (a per-device latency profile)")
-    budgets = _floats(args.budgets, "--budgets") + ([cap] if cap is not None else [])
+        if max_ms:
+            raise ModelError("--max-ms needs --latency-model FILE (from `hetsearch nas latency-model`) or "
+                             "--latency-profile FILE")
+    budgets = _floats(args.budgets, "--budgets") + (max_ms or ([cap] if cap is not None else []))
     if not budgets:
         raise ModelError("give a budget: --max-mmacs X and/or --budgets a,b,c")
     if cap is not None and any(b > cap for b in budgets):
@@ -213,16 +245,63 @@ def cmd_search(args) -> int:
     res = run_search(args.supernet, data, _gallery_from(args, meta, args.supernet), args.out, budgets,
                      reward=args.reward, scfg=scfg, random_baseline=not args.no_random_baseline, cost_model=cost,
                      max_val_samples=args.max_val_samples, calib_images=args.calib_images,
-                     save_models=not args.no_save_models, progress=not args.quiet)
+                     save_models=not args.no_save_models, progress=not args.quiet, device_check=device_check,
+                     max_rechecks=args.max_rechecks)
     rows = []
     for b, best in res["best"].items():
         rnd = (res.get("random") or {}).get("best", {}).get(b)
-        rows.append({"budget": f"{b} {cost.unit}", "MMACs": best["mmacs"], "het R@1": best["het_r1"],
-                     "homo R@1": best["homo_r1"], "random het R@1": rnd["het_r1"] if rnd else None,
-                     "arch": f"w{best['arch']['width']} r{best['arch']['resolution']} d{best['arch']['depths']}"})
-    print(format_table(rows))
+        row = {"budget": f"{b} {cost.unit}", "MMACs": best["mmacs"], "het R@1": best["het_r1"],
+               "homo R@1": best["homo_r1"], "random het R@1": rnd["het_r1"] if rnd else None}
+        if cost.unit == "ms":
+            row["predicted ms"] = best["cost"]
+        if "measured_ms" in best:
+            row["measured ms"] = best["measured_ms"]
+            row["within"] = "yes" if best["measured_within_budget"] else "NO"
+        row["arch"] = f"w{best['arch']['width']} r{best['arch']['resolution']} d{best['arch']['depths']}"
+        rows.append(row)
+    print(format_table(rows, digits=4))
+    if res.get("device_check"):
+        target = next(iter(res["device_check"].values()))["target"]
+        missed = [b for b, c in res["device_check"].items() if not c["within_budget"]]
+        print(f"measured on {target} (export + profile, p50)" + (
+            f"; WARNING: no finalist measured within budget {', '.join(missed)} ms" if missed else
+            "; every chosen subnet measured within its budget"))
     print(f"{res['evaluations']} evaluations in {res['seconds']:.0f} s; Pareto front of {len(res['pareto'])} subnets; "
           f"written to {args.out}/search.json and pareto.png")
+    return 0
+
+
+def cmd_latency_model(args) -> int:
+    from hetsearch.report import format_table
+
+    from ..train import set_threads
+    from .latency import TargetSettings, build_latency_model
+    from .supernet import calib_subset, load_supernet
+
+    set_threads(args.torch_threads)
+    settings = TargetSettings(target=args.target, format=args.format, precision=args.precision, threads=args.threads,
+                              warmup=args.warmup, runs=args.runs, min_seconds=args.min_seconds,
+                              identity=args.identity, known_hosts=args.known_hosts, remote_python=args.remote_python,
+                              benchmark_model=args.benchmark_model, adb=args.adb, timeout=args.timeout).validate()
+    calib = None
+    if settings.precision == "int8":  # calibration images from the supernet's own training data
+        _, meta = load_supernet(args.supernet)
+        _, data, _ = _training_data(args, meta, args.supernet)
+        calib = calib_subset(data, args.calib_images, args.seed)
+    model = build_latency_model(args.supernet, args.out, settings, samples=args.samples, seed=args.seed,
+                                holdout=args.holdout, folds=args.folds, resume=args.resume, fresh=args.fresh,
+                                calib=calib, progress=not args.quiet)
+    sel, held = model["selection"], model["held_out"]
+    print(format_table([{"candidate": c["candidate"], "CV MAPE %": c["cv_mape"], "CV tau": c["cv_kendall_tau"],
+                         "chosen": "<-" if c["candidate"] == sel["chosen"] else ""} for c in sel["candidates"]],
+                       digits=3))
+    dev = model.get("device") or {}
+    print(f"{model['target']} ({dev.get('cpu', '?')}, {dev.get('cores', '?')} cores), {model['format']} "
+          f"{model['precision']}, {model['threads'] or 'default'} thread(s): {sel['fitting_subnets']} subnets fitted, "
+          f"{held['subnets']} held out; chosen {sel['chosen']} by {sel['cv_folds']}-fold CV")
+    print(f"held out: MAPE {held['mape_pct']:.2f}%, max {held['max_ape_pct']:.1f}%, Kendall tau "
+          f"{held['kendall_tau']:.3f}; load average {model['load_average'].get('during_measurements')}")
+    print(f"written to {args.out}; use it with `hetsearch nas search --latency-model {args.out} --max-ms ...`")
     return 0
 
 
@@ -245,8 +324,9 @@ def cmd_finetune(args) -> int:
 
 def register(sub) -> None:
     from hetsearch.cli import DefaultsHelpFormatter as HelpFormatter
+    from hetsearch.export.profile_cli import add_profiler_args
 
-    nas = sub.add_parser("nas", help="CMP-NAS: supernet, search, finetune", description=__doc__, epilog=NAS_EPILOG,
+    nas = sub.add_parser("nas", help="CMP-NAS: supernet, latency model, search, finetune", description=__doc__, epilog=NAS_EPILOG,
                          formatter_class=HelpFormatter)
     nsub = nas.add_subparsers(dest="nas_command", metavar="STEP")
     nas.set_defaults(func=lambda a: (nas.print_help(), 2)[1])
@@ -284,8 +364,17 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="search directory to write")
     p.add_argument("--max-mmacs", type=float, default=None, help="the cost constraint in MMACs (never exceeded)")
     p.add_argument("--budgets", default=None, help="several budgets served by one search, e.g. 0.13,0.4,1.3")
-    p.add_argument("--latency-profile", default=None, help="per-device latency profile JSON: budgets in ms")
-    p.add_argument("--max-ms", type=float, default=None, help="latency constraint (with --latency-profile)")
+    p.add_argument("--latency-model", default=None, metavar="FILE",
+                   help="a latency model from `hetsearch nas latency-model`: budgets in ms, and each winner is "
+                        "measured on the model's target")
+    p.add_argument("--latency-profile", default=None, help="hand-written per-device latency profile JSON: budgets "
+                   "in ms (predicted only)")
+    p.add_argument("--max-ms", default=None, help="latency budgets in ms, e.g. 0.03,0.06 (with --latency-model or "
+                   "--latency-profile)")
+    p.add_argument("--no-measure", action="store_true", help="with --latency-model: do not measure the winners on "
+                   "the target (predicted ms only)")
+    p.add_argument("--max-rechecks", type=int, default=5, help="with --latency-model: finalists measured after a "
+                   "winner measures over budget")
     p.add_argument("--gallery", default=None, help="gallery checkpoint (default: the one the supernet recorded)")
     p.add_argument("--data", default=None, help="training data to carve the validation split from "
                    "(default: what the supernet was trained on)")
@@ -313,6 +402,33 @@ def register(sub) -> None:
     v.add_argument("--threads", type=int, default=None, help="torch threads")
     v.add_argument("--quiet", "--no-progress", dest="quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_search, no_random_baseline=False)
+
+    p = nsub.add_parser("latency-model", help="measure subnets on a device and fit the search's latency model",
+                        description="Export and profile a designed sample of subnets on a target, fit latency "
+                        "predictors, choose one by cross-validation and report its error on held-out subnets.",
+                        epilog=LATENCY_EPILOG, formatter_class=HelpFormatter)
+    p.add_argument("--supernet", required=True, help="supernet directory (from `nas supernet`)")
+    p.add_argument("--out", required=True, help="the latency model JSON to write (rewritten after every measurement)")
+    p.add_argument("--target", default="local", help="local | ssh://user@host[:port] | adb://SERIAL")
+    p.add_argument("--format", default="tflite", choices=("tflite", "onnx"), help="the file format measured")
+    p.add_argument("--precision", default="fp32", help="fp32 | fp16 | int8 (int8 calibrates on training images)")
+    p.add_argument("--threads", type=int, default=1, help="runtime CPU threads on the target")
+    p.add_argument("--samples", type=int, default=40, help="subnets to measure (smallest, largest, and one per "
+                   "log-MMACs bin)")
+    p.add_argument("--holdout", type=float, default=0.25, help="fraction of the subnets held out to report the error")
+    p.add_argument("--folds", type=int, default=5, help="cross-validation folds for choosing the predictor")
+    p.add_argument("--seed", type=int, default=0, help="seed of the design")
+    p.add_argument("--resume", action="store_true", help="reuse the measurements in --out (same supernet, space, "
+                   "target, format, precision, threads and profiler settings; refuses otherwise)")
+    p.add_argument("--fresh", action="store_true", help="discard what --out holds and measure again")
+    add_profiler_args(p.add_argument_group("profiler (per subnet)"), timeout=600.0)
+    d = p.add_argument_group("int8 calibration")
+    d.add_argument("--data", default=None, help="training data (default: what the supernet was trained on)")
+    d.add_argument("--data-dir", default=None, help="folder holding the Fashion-MNIST idx files")
+    d.add_argument("--calib-images", type=int, default=200, help="training images for int8 calibration")
+    p.add_argument("--torch-threads", type=int, default=None, help="torch threads for extraction and export")
+    p.add_argument("--quiet", "--no-progress", dest="quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_latency_model)
 
     p = nsub.add_parser("finetune", help="finetune a searched subnet into a query checkpoint",
                         description="Extract a subnet with its inherited weights and finetune it against the "

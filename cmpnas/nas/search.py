@@ -2,7 +2,9 @@
 
 * **Cost.** A :class:`CostModel` prices an arch: :class:`MacsCost` (MMACs, analytic, the default) or
   :class:`LatencyTable` (milliseconds on one device, from a profile JSON: a per-layer lookup and/or a
-  linear model in MACs fitted to measured models). Budgets and the constraint are in the cost model's unit.
+  linear model in MACs fitted to measured models, or a latency model measured on the device by
+  ``hetsearch nas latency-model``). Budgets and the constraint are in the cost model's unit. With a measured
+  latency model each budget's winner is also measured on its device (:mod:`.latency`).
 * **Reward.** ``heterogeneous`` — R@1 of the subnet's query embeddings against the frozen gallery model's
   embeddings of a validation split carved from the *training* data (never the evaluation split);
   ``homogeneous`` — the subnet on both sides; ``mix:A`` — A·heterogeneous + (1−A)·homogeneous.
@@ -21,6 +23,7 @@ import json
 import logging
 import os
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -391,6 +394,15 @@ def _slim(r: dict | None) -> dict | None:
     return {k: r[k] for k in ("arch", "cost", "mmacs", "het_r1", "homo_r1", "reward", "origin", "generation")}
 
 
+def _latency_fields(check: dict | None, best: dict) -> dict:
+    """Predicted and measured ms of a budget's chosen subnet (empty without a device check)."""
+    if not check:
+        return {}
+    row = next((t for t in check["tries"] if t["key"] == best["key"]), {})
+    return {"predicted_ms": best["cost"], "measured_ms": row.get("measured_ms"),
+            "measured_within_budget": bool(row.get("within_budget")), "measured_on": check["target"]}
+
+
 def budget_dirname(budget: float) -> str:
     return f"subnet-{budget:g}"
 
@@ -420,8 +432,12 @@ def run_search(supernet_dir: str | os.PathLike, data, gallery, out: str | os.Pat
                reward: str = "heterogeneous", scfg: SearchConfig | None = None, random_baseline: bool = True,
                cost_model: CostModel | None = None, max_val_samples: int | None = None, calib_images: int = 500,
                val_fraction: float | None = None, split_seed: int | None = None, save_models: bool = True,
-               progress: bool = True) -> dict:
-    """Search a supernet for every budget; write search.json, pareto.png and subnet-<budget>/ folders."""
+               progress: bool = True, device_check=None, max_rechecks: int = 5) -> dict:
+    """Search a supernet for every budget; write search.json, pareto.png and subnet-<budget>/ folders.
+
+    ``device_check`` (a :class:`~.latency.DeviceCheck`, with a latency cost model): each budget's winner is
+    measured on the latency model's target and, when over budget, replaced by the next finalist that measures
+    within it (:func:`~.latency.check_under_budget`); predicted and measured ms go into search.json."""
     from hetsearch.report import write_json
 
     from ..checkpoint import Checkpoint, load_checkpoint, relative_ref, save_checkpoint
@@ -441,6 +457,15 @@ def run_search(supernet_dir: str | os.PathLike, data, gallery, out: str | os.Pat
                                             calib_images)
     evaluator = SubnetEvaluator(net, calib, val, g_val, reward, calib_images)
     evo = evolutionary_search(cfg, evaluator, cost_model, budgets, scfg, progress)
+    measured: dict[str, dict] = {}
+    if device_check is not None:
+        from .latency import check_under_budget
+
+        say = lambda msg: print(f"[search] {msg}", file=sys.stderr, flush=True)  # noqa: E731
+        for b in budgets:
+            chosen, measured[f"{b:g}"] = check_under_budget(evo["records"], b, scfg.tie_tolerance, device_check,
+                                                            max_rechecks, calib, say)
+            evo["best"][f"{b:g}"] = chosen
     rnd = None
     if random_baseline:
         rnd = random_search(cfg, evaluator, cost_model, budgets, evo["evaluations"], scfg.seed, progress, scfg.max_tries,
@@ -455,7 +480,8 @@ def run_search(supernet_dir: str | os.PathLike, data, gallery, out: str | os.Pat
         "cost_model": cost_model.describe(), "budgets": budgets, "settings": asdict(scfg),
         "validation": {"images": len(val), "calib_images": len(calib), "source": val.source},
         "evaluations": evo["evaluations"],
-        "best": {b: _slim(r) for b, r in evo["best"].items()},
+        "best": {b: {**_slim(r), **_latency_fields(measured.get(b), r)} for b, r in evo["best"].items()},
+        "device_check": measured or None,
         "pareto": [_slim(r) for r in pareto_front(evo["records"])],
         "history": evo["history"],
         "evaluated": [_slim(r) for r in sorted(evo["records"], key=lambda r: r["mmacs"])],
@@ -472,6 +498,8 @@ def run_search(supernet_dir: str | os.PathLike, data, gallery, out: str | os.Pat
             info = {**nas_info, "budget": float(b), "budget_unit": cost_model.unit, "arch": best["arch"],
                     "search": "random" if tag else "evolution", "cost": best["cost"], "mmacs": best["mmacs"],
                     "val_het_r1": best["het_r1"], "val_homo_r1": best["homo_r1"], "reward_value": best["reward"]}
+            if not tag:
+                info.update(_latency_fields(measured.get(b), best))
             write_json(d / "arch.json", info)
             write_json(d / "spec.json", arch_to_spec(cfg, best["arch"], name=f"cmpnas-{b}"))
             if save_models:
