@@ -5,7 +5,8 @@
 
 Trains the paragon gallery model first (runs/gallery, reused when present), then runs
 bench_train (cached vs live gallery targets), bench_compat (parameter-level compatibility), bench_openset
-(closed- vs open-set compatibility per loss), bench_nas (the paper-style table), bench_export (formats,
+(closed- vs open-set compatibility per loss), bench_nas (the paper-style table), bench_latency_model (latency models
+of bench_nas's supernet measured on this machine, held-out error), bench_export (formats,
 parity, compatibility, latency), bench_server (in-process faiss vs gRPC) and bench_sdk (SDK overhead).
 A benchmark that fails is reported and the rest continue.
 """
@@ -30,7 +31,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--gallery", default=None, help="a trained gallery checkpoint (default: train runs/gallery)")
-    ap.add_argument("--only", default=None, help="comma list of: train,compat,openset,nas,export,server,sdk")
+    ap.add_argument("--only", default=None, help="comma list of: train,compat,openset,nas,latency,export,server,sdk")
     args = ap.parse_args(argv)
     py = sys.executable
     q = ["--quick"] if args.quick else []
@@ -48,6 +49,7 @@ def main(argv=None) -> int:
         "compat": [py, "-m", "benchmarks.bench_compat", "--gallery", gallery, *q],
         "openset": [py, "-m", "benchmarks.bench_openset", "--gallery", gallery, *q],
         "nas": [py, "-m", "benchmarks.bench_nas", "--gallery", gallery, *q],
+        "latency": [py, "-m", "benchmarks.bench_latency_model", "--supernet", "benchmarks/results/nas-work/supernet", *q],
         "export": [py, "-m", "benchmarks.bench_export", "--gallery", gallery,
                    "--query", "runs/bench-compat/mbv3-small-bct-l2", *q],
         "server": [py, "-m", "benchmarks.bench_server", *q],
