@@ -64,6 +64,11 @@ def parse_args(argv=None):
     p.add_argument("--compat", default=None, help="compatibility loss (default: the foundation's)")
     p.add_argument("--reward", default="heterogeneous")
     p.add_argument("--tie-tolerance", type=float, default=0.3, help="see `hetsearch nas search --help`")
+    p.add_argument("--rerank", type=int, default=0, metavar="K",
+                   help="re-rank each budget's K best candidates (by inherited reward) by a short finetune, for "
+                        "evolution and random search alike (0: the search's own winner; see cmpnas/nas/rerank.py)")
+    p.add_argument("--rerank-epochs", type=int, default=1, help="finetune epochs per finalist (default 1)")
+    p.add_argument("--finetune-lr", type=float, default=0.03, help="learning rate of the searched models' finetune")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
@@ -130,6 +135,29 @@ def _cfg(args, seed, compat_name, lr=0.1, warmup=0.5):
                        seed=seed, threads=args.threads, compat=compat_name, lr=lr, warmup_epochs=warmup)
 
 
+def _ft_cfg(args, seed, ctx, epochs=None):
+    cfg = _cfg(args, seed, ctx["compat"], lr=args.finetune_lr, warmup=0.2)
+    if epochs is not None:
+        cfg.epochs = epochs
+    return cfg
+
+
+def _finalist(args, seed: int, ctx: dict, pool: list[dict], budget: float, sub_dir: Path, rr_dir: Path):
+    """The subnet to finetune for one budget: the search's winner, or (``--rerank K``) the best of its K
+    finalists after a short finetune each (validation split only). Returns (subnet, row fields)."""
+    if not args.rerank:
+        return sub_dir, {}
+    from hetsearch.cmpnas.nas.rerank import finalists, rerank
+
+    res = rerank(ctx["train"], ctx["supernet"], ctx["gallery"], finalists(pool, budget, args.rerank), rr_dir,
+                 _ft_cfg(args, seed, ctx, epochs=args.rerank_epochs), progress=not args.no_progress)
+    w = res["winner"]
+    return ({"arch": w["arch"], "budget": budget, "budget_unit": "MMACs", "search": "rerank",
+             "reward": "heterogeneous R@1 after a short finetune", "val_het_r1": w["short_r1"]},
+            {"rerank_short_r1": w["short_r1"], "rerank_rank_inherited": res["finalists"].index(w) + 1,
+             "rerank_finalists": len(res["finalists"])})
+
+
 def run_hand(args, seed: int, ctx: dict) -> list[dict]:
     """The hand-designed presets of one seed: trained alone, and with the compatibility loss (reused when done)."""
     from hetsearch.cmpnas.train import train_query
@@ -160,20 +188,21 @@ def run_nas(args, seed: int, ctx: dict) -> list[dict]:
 
     work = ctx["work"] / f"seed-{seed}"
     key = dict(ctx["key"]) | {"seed": seed}
+    skey = dict(ctx["search_key"]) | {"seed": seed}
     gck, train_data, test, g_test = ctx["gallery"], ctx["train"], ctx["test"], ctx["g_test"]
     progress = not args.no_progress
 
     def go():
         rows = []
         se = work / "search"
-        if (se / "search.json").exists() and _done(se, key):
+        if (se / "search.json").exists() and _done(se, skey):
             search = json.loads((se / "search.json").read_text())
         else:
             search = run_search(ctx["supernet"], train_data, gck, se, ctx["budgets"], reward=args.reward,
                                 scfg=SearchConfig(population=args.population, generations=args.generations, seed=seed,
                                                   tie_tolerance=args.tie_tolerance),
                                 max_val_samples=args.max_val_samples, progress=progress)
-            _mark_done(se, key)
+            _mark_done(se, skey)
         for tag, method in (("", METHODS[3]), ("random/", METHODS[4])):
             for b in search["budgets"]:
                 sub_dir = se / tag / budget_dirname(b)
@@ -184,13 +213,15 @@ def run_nas(args, seed: int, ctx: dict) -> list[dict]:
                                  "het_r1": het, "homo_r1": homo, "seed": seed,
                                  "val_het_r1": search["best"][f"{b:g}"]["het_r1"]})
                 ft_dir = work / f"finetune-{'random-' if tag else ''}{b:g}"
-                ck = _trained(ft_dir, key, lambda: finetune_subnet(train_data, ctx["supernet"], sub_dir, gck, ft_dir,
-                                                              _cfg(args, seed, ctx["compat"], lr=0.03, warmup=0.2),
-                                                              progress=progress))
+                pool = search["random"]["evaluated"] if tag else search["evaluated"]
+                subnet, rr = _finalist(args, seed, ctx, pool, b, sub_dir, work / f"rerank-{'random-' if tag else ''}{b:g}")
+                ck = _trained(ft_dir, key, lambda: finetune_subnet(train_data, ctx["supernet"], subnet, gck, ft_dir,
+                                                              _ft_cfg(args, seed, ctx), progress=progress))
                 het, homo = _het_homo(ck.model, test, g_test)
                 rows.append({"method": method, "arch": json.dumps(ck.meta["nas"]["arch"]), "budget": b,
                              "mmacs": ck.macs / 1e6, "r1": het, "het_r1": het, "homo_r1": homo, "seed": seed,
-                             "evaluations": search["evaluations"] if not tag else search["random"]["evaluations"]})
+                             "evaluations": search["evaluations"] if not tag else search["random"]["evaluations"],
+                             **rr})
         return rows
 
     return _cached_rows(work / "rows-nas.json", key, go)
@@ -205,10 +236,11 @@ def run_extra(args, seed: int, ctx: dict) -> list[dict]:
         return []
     work = ctx["work"] / f"seed-{seed}"
     key = dict(ctx["key"]) | {"seed": seed, "extra_budgets": budgets}
+    skey = dict(ctx["search_key"]) | {"seed": seed, "extra_budgets": budgets}
 
     def go():
         se = work / "search-extra"
-        if (se / "search.json").exists() and _done(se, key):
+        if (se / "search.json").exists() and _done(se, skey):
             search = json.loads((se / "search.json").read_text())
         else:
             search = run_search(ctx["supernet"], ctx["train"], ctx["gallery"], se, budgets, reward=args.reward,
@@ -216,17 +248,18 @@ def run_extra(args, seed: int, ctx: dict) -> list[dict]:
                                                   tie_tolerance=args.tie_tolerance),
                                 random_baseline=False, max_val_samples=args.max_val_samples,
                                 progress=not args.no_progress)
-            _mark_done(se, key)
+            _mark_done(se, skey)
         rows = []
         for b in search["budgets"]:
             ft_dir = work / f"finetune-extra-{b:g}"
-            ck = _trained(ft_dir, key, lambda: finetune_subnet(ctx["train"], ctx["supernet"], se / budget_dirname(b),
-                                                          ctx["gallery"], ft_dir,
-                                                          _cfg(args, seed, ctx["compat"], lr=0.03, warmup=0.2),
+            subnet, rr = _finalist(args, seed, ctx, search["evaluated"], b, se / budget_dirname(b),
+                                   work / f"rerank-extra-{b:g}")
+            ck = _trained(ft_dir, key, lambda: finetune_subnet(ctx["train"], ctx["supernet"], subnet, ctx["gallery"],
+                                                          ft_dir, _ft_cfg(args, seed, ctx),
                                                           progress=not args.no_progress))
             het, homo = _het_homo(ck.model, ctx["test"], ctx["g_test"])
             rows.append({"method": METHODS[5], "arch": json.dumps(ck.meta["nas"]["arch"]), "budget": b,
-                         "mmacs": ck.macs / 1e6, "r1": het, "het_r1": het, "homo_r1": homo, "seed": seed})
+                         "mmacs": ck.macs / 1e6, "r1": het, "het_r1": het, "homo_r1": homo, "seed": seed, **rr})
         return rows
 
     return _cached_rows(work / "rows-extra.json", key, go)
@@ -304,7 +337,12 @@ def run(args) -> dict:
            "supernet_space": space_digest,
            "budgets": budgets, "compat": compat, **{k: getattr(args, k) for k in FULL}, "reward": args.reward,
            "tie_tolerance": args.tie_tolerance}
-    ctx = {"work": work, "key": key, "gallery": gck, "train": train_data, "test": test, "g_test": g_test,
+    search_key = dict(key)  # a search does not depend on what happens to its winners afterwards
+    if args.rerank:
+        key |= {"rerank": args.rerank, "rerank_epochs": args.rerank_epochs}
+    if args.finetune_lr != 0.03:
+        key |= {"finetune_lr": args.finetune_lr}
+    ctx = {"work": work, "key": key, "search_key": search_key, "gallery": gck, "train": train_data, "test": test, "g_test": g_test,
            "presets": presets, "budget_of": budget_of, "budgets": budgets, "supernet": sn, "compat": compat}
     all_rows = []
     for seed in args.seed_list:
