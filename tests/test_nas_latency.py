@@ -111,12 +111,13 @@ def test_search_under_ms_budgets_measures_the_winners(trained, lat, tmp_path, ca
     budgets = [round(floor * 1.2, 5), round(top * 3, 5)]  # tight (rechecks likely), loose (the largest fits)
     assert main(["nas", "search", "--supernet", str(sn), "--out", str(se), "--latency-model", str(lat),
                  "--max-ms", ",".join(map(str, budgets)), "--population", "4", "--generations", "1",
-                 "--max-val-samples", "100", "--calib-images", "64", "--no-random-baseline", "--max-rechecks", "2",
+                 "--max-val-samples", "100", "--calib-images", "64", "--max-rechecks", "2",
                  *COMMON]) == 0
     printed = capsys.readouterr().out
     assert "measured ms" in printed and "measured on local" in printed
     res = json.loads((se / "search.json").read_text())
     assert res["cost_model"]["predictor"] and res["cost_model"]["unit"] == "ms"
+    assert res["random"]["device_check"].startswith("not measured")  # the baseline's winners are predicted only
     for b in budgets:
         best, check = res["best"][f"{b:g}"], res["device_check"][f"{b:g}"]
         assert best["cost"] <= b and best["predicted_ms"] == best["cost"]

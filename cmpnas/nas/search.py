@@ -490,6 +490,8 @@ def run_search(supernet_dir: str | os.PathLike, data, gallery, out: str | os.Pat
             "pareto": [_slim(r) for r in pareto_front(rnd["records"])],
             "evaluated": [_slim(r) for r in sorted(rnd["records"], key=lambda r: r["mmacs"])]},
     }
+    if measured and result["random"] is not None:
+        result["random"]["device_check"] = "not measured: only the evolution's winners are measured on the device"
     for tag, res in (("", evo), ("random/", rnd)):
         if res is None:
             continue
