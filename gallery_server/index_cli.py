@@ -13,6 +13,13 @@ examples:
   hetsearch index --gallery runs/gallery --data fashion-mnist --split test --out gallery-data
   hetsearch index --gallery runs/gallery --data my_catalog/ --name shoes --index HNSW32 --out gallery-data
   hetsearch index --gallery runs/gallery --data fashion-mnist --server localhost:50051 --token-file tokens.txt
+  hetsearch index --gallery runs/gallery --data my_catalog/ --server localhost:50051 --engine ray --workers 4
+  hetsearch index --gallery runs/gallery --data my_catalog/ --server gallery:50051 --engine ray --ray-address auto
+
+--engine ray (pip install 'hetsearch[ray]') embeds on Ray Data with an actor pool of --workers (each loads the
+gallery model once) and writes through the gallery server (--server). Without --ray-address it starts a local
+Ray with --workers CPUs and stops it at the end; with one it joins that cluster. Writes replace by id, so
+re-running a crashed or partial run completes the gallery without duplicates.
 
 Ids are the images' positions in the data (0..N-1), also when --max-samples or --exclude leave some out;
 metadata is the file name (ImageFolder) or the class.
@@ -63,12 +70,32 @@ def cmd_index(args) -> int:
     from .auth import client_token
 
     token = client_token(args.token_file)
-    if not args.out and not args.server:
-        raise HetsearchError("give --out DATA_DIR (offline) or --server ADDR (a running server)")
-    res = index_gallery(args.gallery, data, out=args.out, server=args.server, name=args.name,
-                        index_factory=args.index, token=token, tls=args.tls_ca or (True if args.tls else None),
-                        batch_size=args.batch_size, progress=not args.quiet, replace=args.replace, ids=keep,
-                        metadata=meta)
+    tls = args.tls_ca or (True if args.tls else None)
+    if args.engine == "ray":
+        from .ray_index import index_gallery_ray
+
+        if args.out:
+            raise HetsearchError("--engine ray writes through a running gallery server: give --server ADDR instead "
+                                 "of --out (serve the data directory with `hetsearch serve --data-dir "
+                                 f"{args.out}`), or leave out --engine ray to write it offline")
+        if not args.server:
+            raise HetsearchError("--engine ray needs --server ADDR (a running gallery server)")
+        res = index_gallery_ray(args.gallery, data, server=args.server, name=args.name, index_factory=args.index,
+                                token=token, tls=tls, batch_size=args.batch_size, workers=args.workers or 2,
+                                ray_address=args.ray_address, threads=args.threads or 1, progress=not args.quiet,
+                                replace=args.replace, ids=keep, metadata=meta)
+    else:
+        if args.workers is not None or args.ray_address:
+            raise HetsearchError("--workers and --ray-address apply to --engine ray")
+        if not args.out and not args.server:
+            raise HetsearchError("give --out DATA_DIR (offline) or --server ADDR (a running server)")
+        if args.threads:
+            from hetsearch.cmpnas.train import set_threads
+
+            set_threads(args.threads)
+        res = index_gallery(args.gallery, data, out=args.out, server=args.server, name=args.name,
+                            index_factory=args.index, token=token, tls=tls, batch_size=args.batch_size,
+                            progress=not args.quiet, replace=args.replace, ids=keep, metadata=meta)
     print(format_table([res], digits=1))
     if args.json:
         write_json(args.json, res)
@@ -98,7 +125,15 @@ def register(sub) -> None:
     p.add_argument("--token-file", help="token file (with --server)")
     p.add_argument("--tls", action="store_true", help="TLS with the system's root certificates (with --server)")
     p.add_argument("--tls-ca", help="TLS with this CA certificate (with --server)")
-    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=1000, help="images per embedding batch and per write")
+    p.add_argument("--engine", choices=("in-process", "ray"), default="in-process",
+                   help="in-process (default) or ray: embed on Ray Data, write through --server")
+    p.add_argument("--workers", type=int, default=None, help="Ray actors embedding in parallel (default 2)")
+    p.add_argument("--ray-address", default=None, metavar="auto|HOST:PORT",
+                   help="join this Ray cluster (default: start a local Ray with --workers CPUs)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads: of this process (in-process; default all cores or $HETSEARCH_THREADS) or "
+                        "of each Ray actor (default 1)")
     p.add_argument("--json", help="write a summary as JSON")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_index)

@@ -2,7 +2,8 @@
 
 Writes either straight into a data directory (no server running: ``store.open_offline``) or through a
 running server (``GalleryClient.upsert``). Ids are the images' positions in the data; metadata is the
-file name (ImageFolder) or the class name.
+file name (ImageFolder) or the class name. ``ray_index`` embeds on a Ray cluster and writes through the
+same server writer.
 """
 
 from __future__ import annotations
@@ -47,13 +48,8 @@ def index_gallery(gallery_ckpt, data, *, out: str | Path | None = None, server: 
         raise ValueError("give exactly one of out (a data directory) or server (an address)")
     ck = gallery_ckpt if isinstance(gallery_ckpt, Checkpoint) else load_checkpoint(gallery_ckpt, expect_kind="gallery")
     space = ck.space_id
+    ids_all, meta = ids_and_metadata(data, ids, metadata)
     n = len(data)
-    ids_all = np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
-    if len(ids_all) != n:
-        raise ValueError(f"{len(ids_all)} ids for {n} images")
-    meta = list(metadata) if metadata is not None else [data.metadata(i) for i in range(n)]
-    if len(meta) != n:
-        raise ValueError(f"{len(meta)} metadata strings for {n} images")
     pixels = model_input(ck.model, data)  # converted to the model's size and channels once
     t0 = time.time()
     writer = _OfflineWriter(out, name, space, index_factory, replace) if out is not None else \
@@ -71,9 +67,21 @@ def index_gallery(gallery_ckpt, data, *, out: str | Path | None = None, server: 
     finally:
         writer.close()
     secs = time.time() - t0
-    return {"gallery": name, "space_id": space, "vectors": done, "seconds": round(secs, 2),
+    return {"gallery": name, "space_id": space, "engine": "in-process", "vectors": done, "seconds": round(secs, 2),
             "images_per_second": round(done / max(secs, 1e-9), 1), "index_factory": writer.factory,
             "target": str(out) if out is not None else server}
+
+
+def ids_and_metadata(data, ids=None, metadata=None) -> tuple[np.ndarray, list[str]]:
+    """One id (default: the position in ``data``) and one metadata string per image, checked."""
+    n = len(data)
+    ids_all = np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
+    if len(ids_all) != n:
+        raise ValueError(f"{len(ids_all)} ids for {n} images")
+    meta = list(metadata) if metadata is not None else [data.metadata(i) for i in range(n)]
+    if len(meta) != n:
+        raise ValueError(f"{len(meta)} metadata strings for {n} images")
+    return ids_all, meta
 
 
 class _OfflineWriter:
@@ -104,8 +112,12 @@ class _OfflineWriter:
 
 
 class _ServerWriter:
+    """Upserts through a running gallery server (the one write path of both engines: the server's space guard,
+    auth and write-ahead log apply). Opening it reaches the server and checks or creates the gallery."""
+
     def __init__(self, server, name, space, index_factory, token, tls, replace):
-        from hetsearch.sdk.client import GalleryClient, GalleryNotFoundError
+        from hetsearch.errors import HetsearchError
+        from hetsearch.sdk.client import GalleryClient, GalleryClientError, GalleryNotFoundError
 
         self.client = GalleryClient(server, token=token, tls=tls, timeout=60.0)
         self.name, self.space = name, space
@@ -115,10 +127,21 @@ class _ServerWriter:
                     self.client.drop(name)
                 except GalleryNotFoundError:
                     pass
-            existing = {g.name: g.index_factory for g in self.client.list_galleries()}.get(name)
-            self.factory = _index_of(existing, index_factory, name)
+            existing = {g.name: g for g in self.client.list_galleries()}.get(name)
+            if existing is not None and existing.space_id != space:
+                # the server would refuse every upsert (FAILED_PRECONDITION); say so before any embedding is done
+                raise HetsearchError(f"gallery {name!r} on {server} holds embedding space {existing.space_id!r}, "
+                                     f"but this gallery model's space is {space!r}: index into another --name, or "
+                                     f"pass --replace to rebuild {name!r} in this space")
+            self.factory = _index_of(existing.index_factory if existing else None, index_factory, name)
             if existing is None:
                 self.client.create_gallery(name, space, index_factory=self.factory)
+        except GalleryClientError as exc:
+            self.client.close()
+            if exc.code == "UNAVAILABLE":
+                raise HetsearchError(f"the gallery server at {server} is not reachable ({exc.details}); is "
+                                     f"`hetsearch serve` running there?") from None
+            raise
         except BaseException:
             self.client.close()
             raise
