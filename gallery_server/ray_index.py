@@ -28,6 +28,7 @@ from hetsearch.errors import HetsearchError, MissingDependency, ModelError
 
 log = logging.getLogger("hetsearch.index")
 
+
 def import_ray():
     """``ray`` with Ray Data, or a MissingDependency naming the extra."""
     try:
@@ -70,17 +71,23 @@ def ray_session(address: str | None, workers: int, **init_kwargs):
         try:
             cpus = ray.cluster_resources().get("CPU", 0)
             if cpus < workers:
-                log.warning("the Ray cluster at %s has %g CPUs now; %d workers need %d: they wait for the "
-                            "autoscaler (or for other jobs to finish)", address, cpus, workers, workers)
-            yield {"ray": f"cluster {address}", "owned": True}
+                log.warning("the Ray cluster at %s has %g CPUs now and each of the %d workers needs one: they wait "
+                            "for the autoscaler (or for other jobs to finish)", address, cpus, workers)
+            yield {"ray": f"cluster {address}"}
         finally:
             ray.shutdown()
     elif ray.is_initialized():
-        yield {"ray": "this process's session", "owned": False}
+        yield {"ray": "this process's session"}
     else:
-        ray.init(num_cpus=workers, include_dashboard=False, logging_level=logging.WARNING, **init_kwargs)
         try:
-            yield {"ray": f"local, {workers} CPUs", "owned": True}
+            ray.init(num_cpus=workers, include_dashboard=False, logging_level=logging.WARNING, **init_kwargs)
+        except Exception as exc:  # Ray raises bare Exceptions when its processes do not come up in time
+            ray.shutdown()  # whatever did start
+            raise HetsearchError(f"a local Ray did not start: {exc} (on a busy machine its start-up waits can run "
+                                 f"out: RAY_gcs_server_port_wait_time_s lengthens the GCS one; or join a running "
+                                 f"cluster with --ray-address)") from exc
+        try:
+            yield {"ray": f"local, {workers} CPUs"}
         finally:
             ray.shutdown()
 
