@@ -68,6 +68,8 @@ def parse_args(argv=None):
                    help="re-rank each budget's K best candidates (by inherited reward) by a short finetune, for "
                         "evolution and random search alike (0: the search's own winner; see cmpnas/nas/rerank.py)")
     p.add_argument("--rerank-epochs", type=int, default=1, help="finetune epochs per finalist (default 1)")
+    p.add_argument("--rerank-floor", type=float, default=0.8,
+                   help="finalists cost at least this fraction of the budget while there are enough (default 0.8)")
     p.add_argument("--finetune-lr", type=float, default=0.03, help="learning rate of the searched models' finetune")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-progress", action="store_true")
@@ -149,7 +151,8 @@ def _finalist(args, seed: int, ctx: dict, pool: list[dict], budget: float, sub_d
         return sub_dir, {}
     from hetsearch.cmpnas.nas.rerank import finalists, rerank
 
-    res = rerank(ctx["train"], ctx["supernet"], ctx["gallery"], finalists(pool, budget, args.rerank), rr_dir,
+    res = rerank(ctx["train"], ctx["supernet"], ctx["gallery"], finalists(pool, budget, args.rerank, args.rerank_floor),
+                 rr_dir,
                  _ft_cfg(args, seed, ctx, epochs=args.rerank_epochs), progress=not args.no_progress)
     w = res["winner"]
     return ({"arch": w["arch"], "budget": budget, "budget_unit": "MMACs", "search": "rerank",
@@ -339,7 +342,7 @@ def run(args) -> dict:
            "tie_tolerance": args.tie_tolerance}
     search_key = dict(key)  # a search does not depend on what happens to its winners afterwards
     if args.rerank:
-        key |= {"rerank": args.rerank, "rerank_epochs": args.rerank_epochs}
+        key |= {"rerank": args.rerank, "rerank_epochs": args.rerank_epochs, "rerank_floor": args.rerank_floor}
     if args.finetune_lr != 0.03:
         key |= {"finetune_lr": args.finetune_lr}
     ctx = {"work": work, "key": key, "search_key": search_key, "gallery": gck, "train": train_data, "test": test, "g_test": g_test,

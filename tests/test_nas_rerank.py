@@ -44,6 +44,12 @@ def test_finalists_are_the_best_feasible_distinct_candidates():
     assert all(c["cost"] <= budget for c in got)
     feasible = sorted((c["reward"] for c in pool if c["cost"] <= budget), reverse=True)
     assert [c["reward"] for c in got] == feasible[:3]
+    # a floor keeps finalists near the budget while there are enough of them
+    floor = sorted(c["cost"] for c in pool if c["cost"] <= budget)[-2] / budget * (1 - 1e-9)
+    near = finalists(pool, budget, 3, floor=floor)
+    assert [c["cost"] >= floor * budget for c in near] == [True, True, False]
+    assert {arch_key(c["arch"]) for c in near[:2]} == {arch_key(c["arch"]) for c in pool
+                                                       if floor * budget <= c["cost"] <= budget}
     with pytest.raises(DataError, match="no evaluated candidate fits"):
         finalists(pool, min(c["cost"] for c in pool) / 2, 3)
 
@@ -63,9 +69,9 @@ def test_rerank_finetunes_each_finalist_and_keeps_the_best(tmp_path):
     res = rerank(data, sn, gd, cands, tmp_path / "rr", tc, progress=False)
     rows = res["finalists"]
     assert [arch_key(r["arch"]) for r in rows] == [arch_key(c["arch"]) for c in cands]
-    for i, r in enumerate(rows):
+    for r in rows:
         # each finalist was really finetuned: its checkpoint exists and its score is the checkpoint's own
-        meta = json.loads((tmp_path / "rr" / f"finalist-{i}" / "meta.json").read_text())
+        meta = json.loads((tmp_path / "rr" / r["dir"] / "meta.json").read_text())
         assert meta["nas"]["arch"] == r["arch"]
         assert r["short_r1"] == pytest.approx(meta["metrics"]["history"][-1]["val_heterogeneous_r1"])
         assert 0.0 <= r["short_r1"] <= 100.0

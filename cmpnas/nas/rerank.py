@@ -11,6 +11,7 @@ finetune epochs.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -26,18 +27,25 @@ log = logging.getLogger("hetsearch.nas")
 RERANK_FILE = "rerank.json"
 
 
-def finalists(evaluated: list[dict], budget: float, k: int) -> list[dict]:
-    """The ``k`` distinct feasible candidates (cost <= budget) with the highest inherited reward, best first."""
-    seen, out = set(), []
-    for c in sorted((c for c in evaluated if c["cost"] <= budget), key=lambda c: (-c["reward"], -c["cost"])):
-        key = arch_key(c["arch"])
-        if key not in seen:
-            seen.add(key)
-            out.append(c)
-        if len(out) == k:
-            break
-    if not out:
+def finalists(evaluated: list[dict], budget: float, k: int, floor: float = 0.0) -> list[dict]:
+    """The ``k`` distinct feasible candidates (cost <= budget) with the highest inherited reward, best first.
+
+    ``floor`` (a fraction of the budget): candidates costing less than ``floor * budget`` are taken only when
+    fewer than ``k`` cost more (and a log line says so). Inherited reward is nearly flat in cost while the
+    finetuned accuracy is not, so without a floor the finalists can all sit far below the budget."""
+    feasible = sorted((c for c in evaluated if c["cost"] <= budget), key=lambda c: (-c["reward"], -c["cost"]))
+    if not feasible:
         raise DataError(f"no evaluated candidate fits the budget {budget:g}: nothing to re-rank")
+    seen, out = set(), []
+    for above in (True, False):
+        for c in feasible:
+            key = arch_key(c["arch"])
+            if len(out) < k and key not in seen and (c["cost"] >= floor * budget) == above:
+                seen.add(key)
+                out.append(c)
+        if above and len(out) < k and floor > 0:
+            log.info("re-rank at budget %g: %d candidate(s) cost at least %g of it; the rest of the %d finalists "
+                     "are cheaper", budget, len(out), floor, k)
     return out
 
 
@@ -67,10 +75,11 @@ def rerank(data, supernet_dir: str | os.PathLike, gallery, candidates: list[dict
             rows.append(done[key])
             continue
         t = time.time()
-        ck = finetune_subnet(data, supernet_dir, {"arch": c["arch"]}, gallery, out / f"finalist-{i}", cfg,
+        d = f"finalist-{hashlib.sha1(key.encode()).hexdigest()[:10]}"  # by arch: a re-run may reorder them
+        ck = finetune_subnet(data, supernet_dir, {"arch": c["arch"]}, gallery, out / d, cfg,
                              calib_images=calib_images, progress=progress)
         last = ck.meta["metrics"]["history"][-1]
-        rows.append({**c, "short_r1": float(last["val_heterogeneous_r1"]),
+        rows.append({**c, "dir": d, "short_r1": float(last["val_heterogeneous_r1"]),
                      "short_homo_r1": float(last["val_homogeneous_r1"]), "short_seconds": round(time.time() - t, 1)})
         log.info("finalist %d/%d: %.3f MMACs inherited %.2f, after %d epoch(s) %.2f", i + 1, len(candidates),
                  c.get("mmacs", c["cost"]), c["reward"], cfg.epochs, rows[-1]["short_r1"])
