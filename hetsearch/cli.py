@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "hetsearch.gallery_server.index_cli",  # index
     "hetsearch.gallery_server.cli",  # serve, gallery
     "hetsearch.sdk.cli",  # query
+    "hetsearch.release",  # release
     "hetsearch.demo",  # demo
 )
 
