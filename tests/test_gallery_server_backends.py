@@ -11,11 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
-import subprocess
-import sys
 import threading
-import time
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
@@ -28,6 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import test_gallery_server as base
 from hetsearch.gallery_server.auth import Tokens
+from hetsearch.gallery_server.lite_process import LiteServer, free_port
 from hetsearch.sdk.client import GalleryClient, IncompatibleSpaceError
 from hetsearch.v1 import gallery_pb2 as pb
 from hetsearch.v1 import gallery_pb2_grpc as pb_grpc
@@ -40,50 +37,6 @@ CLUSTER_ENV = "HETSEARCH_MILVUS_URI"
 
 
 # ----------------------------------------------------------------------------------- Milvus processes
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class LiteServer:
-    data_dir: Path
-    port: int
-    proc: subprocess.Popen | None = None
-
-    @property
-    def uri(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 60.0) -> "LiteServer":
-        """``milvus-lite server`` on loopback (its default host is 0.0.0.0: never that), ready when it accepts."""
-        log = open(self.data_dir.parent / f"milvus-lite-{self.port}.log", "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(self.data_dir), "--host", "127.0.0.1",
-             "--port", str(self.port)], stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        deadline = time.monotonic() + timeout
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                return self
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                text = (self.data_dir.parent / f"milvus-lite-{self.port}.log").read_text()[-3000:]
-                raise RuntimeError(f"milvus-lite server did not start:\n{text}")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-
 @contextlib.contextmanager
 def lite_server(root: Path):
     pytest.importorskip("milvus_lite", reason="the Milvus legs need pip install 'hetsearch[milvus]'")
