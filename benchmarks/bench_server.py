@@ -152,11 +152,14 @@ class OverGrpc:
             c.close()
 
 
-def start_server(data_dir: Path, threads: int | None, cpus=None):
-    """``python -m hetsearch.gallery_server serve`` on the data dir; (process, port, seconds to serving)."""
+def start_server(data_dir: Path, threads: int | None, cpus=None, store_args: list[str] | None = None):
+    """``python -m hetsearch.gallery_server serve`` on the data dir (or with ``store_args`` instead of
+    ``--data-dir``, e.g. ``--backend milvus --milvus-uri URI``; its port file and log still go beside
+    ``data_dir``); (process, port, seconds to serving)."""
     port_file = data_dir.parent / "port"
     port_file.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "hetsearch.gallery_server", "serve", "--data-dir", str(data_dir), "--port", "0",
+    store = store_args if store_args is not None else ["--data-dir", str(data_dir)]
+    cmd = [sys.executable, "-m", "hetsearch.gallery_server", "serve", *store, "--port", "0",
            "--port-file", str(port_file)]
     if threads:
         cmd += ["--threads", str(threads)]

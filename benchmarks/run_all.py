@@ -7,7 +7,8 @@ Trains the paragon gallery model first (runs/gallery, reused when present), then
 bench_train (cached vs live gallery targets), bench_compat (parameter-level compatibility), bench_openset
 (closed- vs open-set compatibility per loss), bench_nas (the paper-style table), bench_latency_model (latency models
 of bench_nas's supernet measured on this machine, held-out error), bench_export (formats,
-parity, compatibility, latency), bench_server (in-process faiss vs gRPC) and bench_sdk (SDK overhead).
+parity, compatibility, latency), bench_server (in-process faiss vs gRPC), bench_sdk (SDK overhead) and bench_scale
+(indexing on Ray vs in-process; search on the faiss vs the Milvus backend at 100k vectors).
 A benchmark that fails is reported and the rest continue.
 """
 
@@ -31,7 +32,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--gallery", default=None, help="a trained gallery checkpoint (default: train runs/gallery)")
-    ap.add_argument("--only", default=None, help="comma list of: train,compat,openset,nas,latency,export,server,sdk")
+    ap.add_argument("--only", default=None,
+                    help="comma list of: train,compat,openset,nas,latency,export,server,sdk,scale")
     args = ap.parse_args(argv)
     py = sys.executable
     q = ["--quick"] if args.quick else []
@@ -54,6 +56,7 @@ def main(argv=None) -> int:
                    "--query", "runs/bench-compat/mbv3-small-bct-l2", *q],
         "server": [py, "-m", "benchmarks.bench_server", *q],
         "sdk": [py, "-m", "benchmarks.bench_sdk", *q],
+        "scale": [py, "-m", "benchmarks.bench_scale", "--gallery", gallery, *q],
     }
     only = set((args.only or ",".join(plan)).split(","))
     for name, cmd in plan.items():
