@@ -39,6 +39,8 @@ QUICK = {"max_train_samples": 1500, "epochs": 1, "supernet_epochs": 1, "populati
 
 
 def parse_args(argv=None):
+    from hetsearch.cmpnas.nas.rerank import add_rerank_args
+
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.bench_nas", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -64,12 +66,7 @@ def parse_args(argv=None):
     p.add_argument("--compat", default=None, help="compatibility loss (default: the foundation's)")
     p.add_argument("--reward", default="heterogeneous")
     p.add_argument("--tie-tolerance", type=float, default=0.3, help="see `hetsearch nas search --help`")
-    p.add_argument("--rerank", type=int, default=0, metavar="K",
-                   help="re-rank each budget's K best candidates (by inherited reward) by a short finetune, for "
-                        "evolution and random search alike (0: the search's own winner; see cmpnas/nas/rerank.py)")
-    p.add_argument("--rerank-epochs", type=int, default=1, help="finetune epochs per finalist (default 1)")
-    p.add_argument("--rerank-floor", type=float, default=0.8,
-                   help="finalists cost at least this fraction of the budget while there are enough (default 0.8)")
+    add_rerank_args(p)  # evolution and random search alike here
     p.add_argument("--finetune-lr", type=float, default=0.03, help="learning rate of the searched models' finetune")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-progress", action="store_true")

@@ -129,6 +129,17 @@ def test_end_to_end_supernet_search_finetune(gallery_dir, tmp_path, capsys):
         ck = load_checkpoint(d)
         assert ck.kind == "query" and ck.space_id == gck.space_id and ck.meta["mmacs"] <= float(b)
 
+    # --rerank: the winner is the best of its finalists after a short finetune, recorded as such
+    sr = tmp_path / "search-rerank"
+    assert main(["nas", "search", "--supernet", str(sn), "--out", str(sr), "--max-mmacs", "0.3",
+                 "--population", "4", "--generations", "1", "--max-val-samples", "100", "--calib-images", "64",
+                 "--no-random-baseline", "--rerank", "2", "--rerank-max-train-samples", "256", *common]) == 0
+    rr = json.loads((sr / "search.json").read_text())["rerank"]["0.3"]
+    assert len(rr["finalists"]) == 2 and rr["short_r1"] == max(f["short_r1"] for f in rr["finalists"])
+    info = json.loads((sr / "subnet-0.3" / "arch.json").read_text())
+    assert info["search"] == "evolution + re-rank" and info["val_het_r1_short_finetune"] == rr["short_r1"]
+    assert info["arch"] in [f["arch"] for f in rr["finalists"] if f["short_r1"] == rr["short_r1"]]
+
     assert main(["nas", "finetune", "--subnet", str(se / "subnet-0.3"), "--supernet", str(sn), "--out", str(ft),
                  "--epochs", "1", "--max-train-samples", "256", "--max-val-samples", "100", *common]) == 0
     ck = load_checkpoint(ft, expect_kind="query")

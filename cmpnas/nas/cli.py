@@ -199,6 +199,19 @@ def cmd_supernet(args) -> int:
     return 0
 
 
+def _rerank_cfg(args, meta: dict):
+    """The short finetune of ``--rerank``: the finetune's defaults (lr 0.03, warmup 0.2) for --rerank-epochs,
+    with the supernet's compatibility loss."""
+    from ..train import TrainConfig
+
+    if args.rerank < 0 or args.rerank_epochs < 1 or not 0 <= args.rerank_floor <= 1:
+        raise ModelError("--rerank must be >= 0, --rerank-epochs >= 1 and --rerank-floor in [0, 1]")
+    tc = meta.get("train_config") or {}
+    return TrainConfig(epochs=args.rerank_epochs, lr=0.03, warmup_epochs=0.2, seed=args.seed,
+                       threads=args.threads or 1, compat=tc.get("compat") or TrainConfig().compat,
+                       loss_weights=tc.get("loss_weights") or {}, max_train_samples=args.rerank_max_train_samples)
+
+
 def cmd_search(args) -> int:
     from hetsearch.report import format_table
 
@@ -246,7 +259,8 @@ def cmd_search(args) -> int:
                      reward=args.reward, scfg=scfg, random_baseline=not args.no_random_baseline, cost_model=cost,
                      max_val_samples=args.max_val_samples, calib_images=args.calib_images,
                      save_models=not args.no_save_models, progress=not args.quiet, device_check=device_check,
-                     max_rechecks=args.max_rechecks)
+                     max_rechecks=args.max_rechecks, rerank_k=args.rerank, rerank_floor=args.rerank_floor,
+                     rerank_cfg=_rerank_cfg(args, meta) if args.rerank else None)
     rows = []
     for b, best in res["best"].items():
         rnd = (res.get("random") or {}).get("best", {}).get(b)
@@ -324,6 +338,8 @@ def cmd_finetune(args) -> int:
 
 def register(sub) -> None:
     from hetsearch.cli import DefaultsHelpFormatter as HelpFormatter
+
+    from .rerank import add_rerank_args
     from hetsearch.export.profile_cli import add_profiler_args
 
     nas = sub.add_parser("nas", help="CMP-NAS: supernet, latency model, search, finetune", description=__doc__, epilog=NAS_EPILOG,
@@ -394,6 +410,10 @@ def register(sub) -> None:
                    help="reward points within which the costliest subnet under a budget wins (rewards closer than "
                         "the validation noise do not rank; finetuning rewards capacity); 0: the highest reward wins")
     e.add_argument("--seed", type=int, default=0)
+    r = p.add_argument_group("re-ranking (cmpnas/nas/rerank.py)")
+    add_rerank_args(r)
+    r.add_argument("--rerank-max-train-samples", type=int, default=None,
+                   help="training images for the short finetunes (default: all)")
     v = p.add_argument_group("evaluation")
     v.add_argument("--max-val-samples", type=int, default=None,
                    help="cap on validation images per evaluation (default: the whole validation split)")

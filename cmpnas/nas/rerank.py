@@ -27,6 +27,16 @@ log = logging.getLogger("hetsearch.nas")
 RERANK_FILE = "rerank.json"
 
 
+def add_rerank_args(p) -> None:
+    """--rerank K, --rerank-epochs, --rerank-floor (``nas search`` and ``benchmarks/bench_nas.py``)."""
+    p.add_argument("--rerank", type=int, default=0, metavar="K",
+                   help="finetune each budget's K finalists briefly and keep the best on the validation split "
+                        "(0: the best inherited reward wins); measured in benchmarks/results/nas.md")
+    p.add_argument("--rerank-epochs", type=int, default=1, help="finetune epochs per finalist (default 1)")
+    p.add_argument("--rerank-floor", type=float, default=0.8,
+                   help="finalists cost at least this fraction of the budget while there are enough (default 0.8)")
+
+
 def finalists(evaluated: list[dict], budget: float, k: int, floor: float = 0.0) -> list[dict]:
     """The ``k`` distinct feasible candidates (cost <= budget) with the highest inherited reward, best first.
 

@@ -432,8 +432,13 @@ def run_search(supernet_dir: str | os.PathLike, data, gallery, out: str | os.Pat
                reward: str = "heterogeneous", scfg: SearchConfig | None = None, random_baseline: bool = True,
                cost_model: CostModel | None = None, max_val_samples: int | None = None, calib_images: int = 500,
                val_fraction: float | None = None, split_seed: int | None = None, save_models: bool = True,
-               progress: bool = True, device_check=None, max_rechecks: int = 5) -> dict:
+               progress: bool = True, device_check=None, max_rechecks: int = 5, rerank_k: int = 0,
+               rerank_cfg=None, rerank_floor: float = 0.8) -> dict:
     """Search a supernet for every budget; write search.json, pareto.png and subnet-<budget>/ folders.
+
+    ``rerank_k`` > 0: each budget's ``rerank_k`` finalists by inherited reward (at least ``rerank_floor`` of the
+    budget while there are enough) are finetuned for ``rerank_cfg.epochs`` and the best on the validation split
+    wins (:mod:`.rerank`); the random baseline keeps its inherited-reward winners.
 
     ``device_check`` (a :class:`~.latency.DeviceCheck`, with a latency cost model): each budget's winner is
     measured on the latency model's target and, when over budget, replaced by the next finalist that measures
@@ -457,6 +462,8 @@ def run_search(supernet_dir: str | os.PathLike, data, gallery, out: str | os.Pat
                                             calib_images)
     evaluator = SubnetEvaluator(net, calib, val, g_val, reward, calib_images)
     evo = evolutionary_search(cfg, evaluator, cost_model, budgets, scfg, progress)
+    reranked = _rerank_winners(evo, budgets, rerank_k, rerank_cfg, rerank_floor, data, supernet_dir, gck, out,
+                               calib_images, progress, device_check) if rerank_k else {}
     measured: dict[str, dict] = {}
     if device_check is not None:
         from .latency import check_under_budget
@@ -482,6 +489,7 @@ def run_search(supernet_dir: str | os.PathLike, data, gallery, out: str | os.Pat
         "evaluations": evo["evaluations"],
         "best": {b: {**_slim(r), **_latency_fields(measured.get(b), r)} for b, r in evo["best"].items()},
         "device_check": measured or None,
+        "rerank": reranked or None,
         "pareto": [_slim(r) for r in pareto_front(evo["records"])],
         "history": evo["history"],
         "evaluated": [_slim(r) for r in sorted(evo["records"], key=lambda r: r["mmacs"])],
@@ -490,6 +498,8 @@ def run_search(supernet_dir: str | os.PathLike, data, gallery, out: str | os.Pat
             "pareto": [_slim(r) for r in pareto_front(rnd["records"])],
             "evaluated": [_slim(r) for r in sorted(rnd["records"], key=lambda r: r["mmacs"])]},
     }
+    if reranked and result["random"] is not None:
+        result["random"]["rerank"] = "not re-ranked: the random baseline keeps its inherited-reward winners"
     if measured and result["random"] is not None:
         result["random"]["device_check"] = "not measured: only the evolution's winners are measured on the device"
     for tag, res in (("", evo), ("random/", rnd)):
@@ -502,6 +512,9 @@ def run_search(supernet_dir: str | os.PathLike, data, gallery, out: str | os.Pat
                     "val_het_r1": best["het_r1"], "val_homo_r1": best["homo_r1"], "reward_value": best["reward"]}
             if not tag:
                 info.update(_latency_fields(measured.get(b), best))
+                if b in reranked:
+                    info.update(search="evolution + re-rank", val_het_r1_short_finetune=reranked[b]["short_r1"],
+                                rerank_epochs=reranked[b]["settings"]["epochs"])
             write_json(d / "arch.json", info)
             write_json(d / "spec.json", arch_to_spec(cfg, best["arch"], name=f"cmpnas-{b}"))
             if save_models:
@@ -518,6 +531,32 @@ def run_search(supernet_dir: str | os.PathLike, data, gallery, out: str | os.Pat
     plot_pareto(out / "pareto.png", evo, rnd, budgets,
                 title=f"CMP-NAS search ({reward}, {evo['evaluations']} evaluations)")
     return result
+
+
+def _rerank_winners(evo, budgets, k, cfg, floor, data, supernet_dir, gck, out, calib_images, progress,
+                    device_check) -> dict:
+    """Replace each budget's evolution winner by the best of its finalists after a short finetune."""
+    from ..train import TrainConfig
+    from .rerank import finalists, rerank
+
+    if device_check is not None:
+        raise SearchError("--rerank with a measured latency model (--latency-model) is not supported: the device "
+                          "check re-picks winners by inherited reward; search under MACs or --latency-profile")
+    cfg = cfg or TrainConfig(epochs=1, lr=0.03, warmup_epochs=0.2)
+    done = {}
+    for b in budgets:
+        rr = rerank(data, supernet_dir, gck, finalists([_slim(r) for r in evo["records"]], b, k, floor),
+                    Path(out) / "rerank" / budget_dirname(b), cfg, calib_images=calib_images, progress=progress)
+        w = rr["winner"]
+        rec = next(r for r in evo["records"] if arch_key(r["arch"]) == arch_key(w["arch"]))
+        evo["best"][f"{b:g}"] = rec
+        done[f"{b:g}"] = {"short_r1": w["short_r1"], "settings": rr["settings"], "floor": floor,
+                          "finalists": [{k2: f[k2] for k2 in ("arch", "mmacs", "reward", "short_r1")}
+                                        for f in rr["finalists"]]}
+        print(f"[search] budget {b:g}: re-ranked {len(rr['finalists'])} finalists by a {cfg.epochs}-epoch finetune; "
+              f"winner {w['mmacs']:.3f} MMACs, validation R@1 {w['short_r1']:.2f} (inherited {w['reward']:.2f})",
+              file=sys.stderr, flush=True)
+    return done
 
 
 # ----------------------------------------------------------------------------- finetuning
