@@ -33,8 +33,9 @@ FULL = {
     # a second hand-designed model, so that each searched budget has a hand-designed model of matched MACs
     "query2": {"arch": "mbv3-tiny", "epochs": 6, "max_train_samples": None},
     "supernet": {"epochs": 6, "max_train_samples": None, "num_random": 1},
+    # re-rank: 4 finalists per budget, 1 finetune epoch each (benchmarks/results/nas.md measures what it buys)
     "search": {"budgets": [0.126, 0.401], "population": 12, "generations": 4, "max_val_samples": 2000,
-               "random_baseline": True},
+               "random_baseline": True, "rerank": 4},
     "finetune": {"epochs": 6, "max_train_samples": None},
     "export": {"formats": "onnx,tflite,coreml", "precision": "fp32,int8", "check_samples": 2000},
     "profile": {"runs": 30, "warmup": 5, "min_seconds": 0.5},
@@ -47,7 +48,7 @@ QUICK = {
     "query": {"arch": "mbv3-tiny", "epochs": 1, "max_train_samples": 2000},
     "supernet": {"epochs": 1, "max_train_samples": 1000, "num_random": 1},
     "search": {"budgets": [0.15, 0.4], "population": 6, "generations": 2, "max_val_samples": 200,
-               "random_baseline": False},
+               "random_baseline": False, "rerank": 2, "rerank_max_train_samples": 500},
     "finetune": {"epochs": 1, "max_train_samples": 1000},
     "export": {"formats": "onnx,tflite,coreml", "precision": "fp32,int8", "check_samples": 100},
     "profile": {"runs": 5, "warmup": 1, "min_seconds": 0.05},
@@ -137,7 +138,10 @@ class Demo:
             "nas", "search", "--supernet", str(w / "supernet"), "--gallery", str(w / "gallery"), *self.data,
             "--budgets", budgets, "--population", str(se["population"]), "--generations", str(se["generations"]),
             "--max-val-samples", str(se["max_val_samples"]), "--seed", str(self.args.seed),
-            *([] if se["random_baseline"] else ["--no-random-baseline"]), "--out", str(w / "search")))
+            *([] if se["random_baseline"] else ["--no-random-baseline"]), "--rerank", str(se["rerank"]),
+            *(["--rerank-max-train-samples", str(se["rerank_max_train_samples"])]
+              if se.get("rerank_max_train_samples") else []),
+            "--out", str(w / "search")))
 
         ft = c["finetune"]
         nas_models = []
