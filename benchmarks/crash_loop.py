@@ -85,6 +85,8 @@ def main(argv=None) -> int:
     stats = {"cycles": 0, "acked_upserts": 0, "acked_deletes": 0, "searches": 0, "in_flight_batches": 0,
              "half_applied": 0, "lost_writes": 0, "resurrected_deletes": 0, "start_seconds": []}
     t_all = time.time()
+    prev_touched: set[int] = set()  # ids the previous cycle wrote or deleted (acknowledged or in flight)
+    prev_in_flight: list[list[int]] = []  # its batches that were never acknowledged
     for cycle in range(args.cycles):
         proc, port, start_s = start_server(data, threads=None)
         stats["start_seconds"].append(start_s)
@@ -95,14 +97,14 @@ def main(argv=None) -> int:
                 if cycle == 0:
                     c.create_gallery("g", space)
                 # check what the previous crash left: the ids of that cycle plus a sample of older ones
-                check = set(prev_touched) if cycle else set()
+                check = set(prev_touched)
                 with lock:
                     older = sorted((live | gone) - check)
                 check |= set(rng.sample(older, min(500, len(older))))
                 found = ids_present(c, check, vectors)
                 stats["lost_writes"] += len((check & live) - found)
                 stats["resurrected_deletes"] += len((check & gone) & found)
-                for batch in prev_in_flight if cycle else []:
+                for batch in prev_in_flight:
                     hit = len(set(batch) & found) if set(batch) <= check else None
                     if hit not in (None, 0, len(batch)):
                         stats["half_applied"] += 1
