@@ -79,6 +79,7 @@ def parse_args(argv=None):
     return args
 
 
+RERANK_LR = 0.03  # the finalists' short finetune (as `nas search --rerank`), whatever --finetune-lr is
 METHODS = ("homogeneous compact (alone)", "hand-designed + compat", "CMP-NAS, inherited weights", "CMP-NAS + finetune",
            "random search + finetune", "CMP-NAS + finetune (extra budget)")
 
@@ -134,8 +135,8 @@ def _cfg(args, seed, compat_name, lr=0.1, warmup=0.5):
                        seed=seed, threads=args.threads, compat=compat_name, lr=lr, warmup_epochs=warmup)
 
 
-def _ft_cfg(args, seed, ctx, epochs=None):
-    cfg = _cfg(args, seed, ctx["compat"], lr=args.finetune_lr, warmup=0.2)
+def _ft_cfg(args, seed, ctx, epochs=None, lr=None):
+    cfg = _cfg(args, seed, ctx["compat"], lr=args.finetune_lr if lr is None else lr, warmup=0.2)
     if epochs is not None:
         cfg.epochs = epochs
     return cfg
@@ -150,7 +151,7 @@ def _finalist(args, seed: int, ctx: dict, pool: list[dict], budget: float, sub_d
 
     res = rerank(ctx["train"], ctx["supernet"], ctx["gallery"], finalists(pool, budget, args.rerank, args.rerank_floor),
                  rr_dir,
-                 _ft_cfg(args, seed, ctx, epochs=args.rerank_epochs), progress=not args.no_progress)
+                 _ft_cfg(args, seed, ctx, epochs=args.rerank_epochs, lr=RERANK_LR), progress=not args.no_progress)
     w = res["winner"]
     return ({"arch": w["arch"], "budget": budget, "budget_unit": "MMACs", "search": "rerank",
              "reward": "heterogeneous R@1 after a short finetune", "val_het_r1": w["short_r1"]},
