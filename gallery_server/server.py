@@ -87,6 +87,7 @@ class ServerConfig:
     milvus_token: str | None = field(default=None, repr=False)
     milvus_db: str = ""  # Milvus database ("": its default)
     milvus_timeout_s: float = 10.0  # per Milvus call, within the request's own deadline
+    backend_probe_s: float = 5.0  # a remote backend (Milvus) is probed this often; health follows it
 
 
 def make_store(c: ServerConfig) -> StoreBase:
@@ -119,6 +120,7 @@ class GalleryServer:
         self.port: int | None = None
         self.metrics_port: int | None = None
         self._stopped = threading.Event()
+        self._prober: threading.Thread | None = None
 
     def _set_health(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -186,6 +188,31 @@ class GalleryServer:
             infos = []
         log.info(event("serving", galleries=len(infos), unavailable=sum(i.state != "READY" for i in infos),
                        vectors=sum(i.vector_count for i in infos), seconds=round(time.perf_counter() - t0, 3)))
+        if self.store.backend != "faiss" and self.config.backend_probe_s > 0:
+            self._backend_up = bool(infos) or self._probe()
+            self._set_health(self._backend_up)
+            self._prober = threading.Thread(target=self._probe_loop, name="backend-probe", daemon=True)
+            self._prober.start()
+
+    def _probe(self) -> bool:
+        try:
+            self.store.list()
+            return True
+        except StoreError:
+            return False
+
+    def _probe_loop(self) -> None:
+        """Health follows a remote backend: NOT_SERVING while it cannot be reached (load balancers route away;
+        calls still answer UNAVAILABLE naming it), SERVING again once it answers."""
+        while not self._stopped.wait(self.config.backend_probe_s):
+            up = self._probe()
+            if self._stopped.is_set():
+                return
+            if up != self._backend_up:
+                self._backend_up = up
+                log.warning(event("backend_health", backend=self.store.backend, up=up,
+                                  health="SERVING" if up else "NOT_SERVING"))
+                self._set_health(up)
 
     def stop(self, grace: float | None = None) -> None:
         """Health NOT_SERVING, wait out in-flight calls (up to ``grace`` s), close the logs (final fsync)."""

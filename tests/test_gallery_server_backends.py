@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
@@ -410,6 +411,20 @@ def test_milvus_collections_that_are_not_galleries(leg, stub):
     assert sorted(leg.milvus.list_collections()) == ["hs_future", "someone_else"]
 
 
+def health_status(ch) -> str:
+    r = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(r.status)
+
+
+def wait_for_health(ch, want: str, seconds: float) -> bool:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if health_status(ch) == want:
+            return True
+        time.sleep(0.2)
+    return False
+
+
 def test_milvus_down_is_unavailable_naming_it(tmp_path):
     pytest.importorskip("pymilvus", reason="needs pip install 'hetsearch[milvus]'")
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
@@ -423,6 +438,7 @@ def test_milvus_down_is_unavailable_naming_it(tmp_path):
             assert err.code() == C.UNAVAILABLE and uri in err.details(), (call, err.details())
         text = urllib.request.urlopen(f"http://127.0.0.1:{s.metrics_port}/metrics", timeout=5).read().decode()
         assert "hetsearch_backend_up 0.0" in text
+        assert health_status(ch) == "NOT_SERVING"  # load balancers route away while Milvus is unreachable
 
 
 def test_milvus_outage_and_restart(tmp_path):
@@ -430,17 +446,21 @@ def test_milvus_outage_and_restart(tmp_path):
     same server reconnects and every acknowledged write is there."""
     x = unit(40, seed=2)
     with lite_server(tmp_path) as lite, \
-            running_server(None, backend="milvus", milvus_uri=lite.uri, milvus_timeout_s=3) as s, \
+            running_server(None, backend="milvus", milvus_uri=lite.uri, milvus_timeout_s=3,
+                           backend_probe_s=0.3) as s, \
             grpc.insecure_channel(f"127.0.0.1:{s.port}") as ch:
         st = pb_grpc.GalleryServiceStub(ch)
         make_gallery(st)
         st.Upsert(upsert_req(range(40), x))
+        assert health_status(ch) == "SERVING"
         lite.stop()
         err = rpc_error(st.Search, search_req(x[1]), timeout=20)
         assert err.code() == C.UNAVAILABLE and lite.uri in err.details()
+        assert wait_for_health(ch, "NOT_SERVING", 30)
         lite.start()
         r = st.Search(search_req(x[1], k=1), timeout=20).result
         assert r.ids[0] == 1 and describe(st).vector_count == 40
+        assert wait_for_health(ch, "SERVING", 30)
 
 
 def test_serve_command_on_milvus(tmp_path, milvus_lite):
