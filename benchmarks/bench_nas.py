@@ -40,6 +40,7 @@ QUICK = {"max_train_samples": 1500, "epochs": 1, "supernet_epochs": 1, "populati
 
 def parse_args(argv=None):
     from hetsearch.cmpnas.nas.rerank import add_rerank_args
+    from hetsearch.cmpnas.nas.search import FINETUNE_LR
 
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.bench_nas", description=__doc__.split("\n\n")[0],
@@ -67,7 +68,8 @@ def parse_args(argv=None):
     p.add_argument("--reward", default="heterogeneous")
     p.add_argument("--tie-tolerance", type=float, default=0.3, help="see `hetsearch nas search --help`")
     add_rerank_args(p)  # evolution and random search alike here
-    p.add_argument("--finetune-lr", type=float, default=0.03, help="learning rate of the searched models' finetune")
+    p.add_argument("--finetune-lr", type=float, default=FINETUNE_LR,
+                   help=f"learning rate of the searched models' finetune (default {FINETUNE_LR}, cmpnas.nas.search)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
@@ -79,7 +81,6 @@ def parse_args(argv=None):
     return args
 
 
-RERANK_LR = 0.03  # the finalists' short finetune (as `nas search --rerank`), whatever --finetune-lr is
 METHODS = ("homogeneous compact (alone)", "hand-designed + compat", "CMP-NAS, inherited weights", "CMP-NAS + finetune",
            "random search + finetune", "CMP-NAS + finetune (extra budget)")
 
@@ -147,7 +148,7 @@ def _finalist(args, seed: int, ctx: dict, pool: list[dict], budget: float, sub_d
     finalists after a short finetune each (validation split only). Returns (subnet, row fields)."""
     if not args.rerank:
         return sub_dir, {}
-    from hetsearch.cmpnas.nas.rerank import finalists, rerank
+    from hetsearch.cmpnas.nas.rerank import RERANK_LR, finalists, rerank
 
     res = rerank(ctx["train"], ctx["supernet"], ctx["gallery"], finalists(pool, budget, args.rerank, args.rerank_floor),
                  rr_dir,
@@ -341,7 +342,7 @@ def run(args) -> dict:
     search_key = dict(key)  # a search does not depend on what happens to its winners afterwards
     if args.rerank:
         key |= {"rerank": args.rerank, "rerank_epochs": args.rerank_epochs, "rerank_floor": args.rerank_floor}
-    if args.finetune_lr != 0.03:
+    if args.finetune_lr != 0.03:  # runs before lr 0.1 became the default recorded no lr in their key
         key |= {"finetune_lr": args.finetune_lr}
     ctx = {"work": work, "key": key, "search_key": search_key, "gallery": gck, "train": train_data, "test": test, "g_test": g_test,
            "presets": presets, "budget_of": budget_of, "budgets": budgets, "supernet": sn, "compat": compat}

@@ -36,7 +36,7 @@ FULL = {
     # re-rank: 4 finalists per budget, 1 finetune epoch each (benchmarks/results/nas.md measures what it buys)
     "search": {"budgets": [0.126, 0.401], "population": 12, "generations": 4, "max_val_samples": 2000,
                "random_baseline": True, "rerank": 4},
-    "finetune": {"epochs": 6, "max_train_samples": None},
+    "finetune": {"epochs": 6, "max_train_samples": None, "lr": 0.1},
     "export": {"formats": "onnx,tflite,coreml", "precision": "fp32,int8", "check_samples": 2000},
     "profile": {"runs": 30, "warmup": 5, "min_seconds": 0.5},
     "index": {"max_samples": None},
@@ -49,7 +49,7 @@ QUICK = {
     "supernet": {"epochs": 1, "max_train_samples": 1000, "num_random": 1},
     "search": {"budgets": [0.15, 0.4], "population": 6, "generations": 2, "max_val_samples": 200,
                "random_baseline": False, "rerank": 2, "rerank_max_train_samples": 500},
-    "finetune": {"epochs": 1, "max_train_samples": 1000},
+    "finetune": {"epochs": 1, "max_train_samples": 1000, "lr": 0.1},
     "export": {"formats": "onnx,tflite,coreml", "precision": "fp32,int8", "check_samples": 100},
     "profile": {"runs": 5, "warmup": 1, "min_seconds": 0.05},
     "index": {"max_samples": 1000},
@@ -153,6 +153,7 @@ class Demo:
                        lambda sub=sub, name=name: self.run(
                            "nas", "finetune", "--subnet", str(sub), "--supernet", str(w / "supernet"),
                            "--gallery", str(w / "gallery"), *self.data, "--epochs", str(ft["epochs"]),
+                           "--lr", str(ft["lr"]),
                            *(["--max-train-samples", str(ft["max_train_samples"])] if ft.get("max_train_samples") else []),
                            "--out", str(w / name)))
 

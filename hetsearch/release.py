@@ -60,7 +60,7 @@ class ReleaseSettings:
     """Release-wide settings: the ``[release]`` table of devices.toml, each overridable on the command line."""
 
     finetune_epochs: int = 8
-    finetune_lr: float = 0.03
+    finetune_lr: float | None = None  # None: the finetune's default (cmpnas.nas.search.FINETUNE_LR)
     batch_size: int = 128
     max_train_samples: int | None = None  # finetune on a class-balanced subset (quick runs)
     compat: str = "bct-l2"
@@ -93,7 +93,7 @@ class ReleaseSettings:
         for name in ("generations", "max_rechecks", "warmup", "seed"):
             if getattr(self, name) < 0:
                 raise ReleaseConfigError(f"[release] {name} must be >= 0, got {getattr(self, name)}")
-        if self.finetune_lr <= 0 or self.min_seconds < 0 or self.timeout <= 0:
+        if (self.finetune_lr is not None and self.finetune_lr <= 0) or self.min_seconds < 0 or self.timeout <= 0:
             raise ReleaseConfigError("[release] finetune_lr and timeout must be > 0, min_seconds >= 0")
         if self.latency_samples < 6:
             raise ReleaseConfigError(f"[release] latency_samples must be at least 6, got {self.latency_samples}")
@@ -365,7 +365,7 @@ class Release:
                 "settings": asdict(self.settings), "data_dir": self.data_dir, "hetsearch": __version__}
 
     def run_device(self, dev: Device, digest: str) -> dict:
-        from hetsearch.cmpnas.nas.search import SearchConfig, budget_dirname, finetune_subnet, run_search
+        from hetsearch.cmpnas.nas.search import FINETUNE_LR, SearchConfig, budget_dirname, finetune_subnet, run_search
         from hetsearch.cmpnas.train import TrainConfig
 
         s, L = self.settings, self.loaded()
@@ -406,7 +406,8 @@ class Release:
         # 3. finetune
         t0 = time.time()
         _say(f"{dev.name}: finetuning the {best['mmacs']:.3f}-MMAC winner for {s.finetune_epochs} epoch(s)")
-        cfg = TrainConfig(epochs=s.finetune_epochs, lr=s.finetune_lr, batch_size=s.batch_size, seed=s.seed,
+        cfg = TrainConfig(epochs=s.finetune_epochs, lr=FINETUNE_LR if s.finetune_lr is None else s.finetune_lr,
+                          batch_size=s.batch_size, seed=s.seed,
                           max_train_samples=s.max_train_samples, threads=s.torch_threads, compat=s.compat)
         cfg.validate()
         qdir = work / f"cmpnas-{dev.name}"  # the folder names the model

@@ -200,14 +200,15 @@ def cmd_supernet(args) -> int:
 
 
 def _rerank_cfg(args, meta: dict):
-    """The short finetune of ``--rerank``: the finetune's defaults (lr 0.03, warmup 0.2) for --rerank-epochs,
-    with the supernet's compatibility loss."""
+    """The short finetune of ``--rerank``: lr RERANK_LR, warmup 0.2, for --rerank-epochs, with the supernet's
+    compatibility loss."""
     from ..train import TrainConfig
+    from .rerank import RERANK_LR
 
     if args.rerank < 0 or args.rerank_epochs < 1 or not 0 <= args.rerank_floor <= 1:
         raise ModelError("--rerank must be >= 0, --rerank-epochs >= 1 and --rerank-floor in [0, 1]")
     tc = meta.get("train_config") or {}
-    return TrainConfig(epochs=args.rerank_epochs, lr=0.03, warmup_epochs=0.2, seed=args.seed,
+    return TrainConfig(epochs=args.rerank_epochs, lr=RERANK_LR, warmup_epochs=0.2, seed=args.seed,
                        threads=args.threads or 1, compat=tc.get("compat") or TrainConfig().compat,
                        loss_weights=tc.get("loss_weights") or {}, max_train_samples=args.rerank_max_train_samples)
 
@@ -340,6 +341,7 @@ def register(sub) -> None:
     from hetsearch.cli import DefaultsHelpFormatter as HelpFormatter
 
     from .rerank import add_rerank_args
+    from .search import FINETUNE_LR
     from hetsearch.export.profile_cli import add_profiler_args
 
     nas = sub.add_parser("nas", help="CMP-NAS: supernet, latency model, search, finetune", description=__doc__, epilog=NAS_EPILOG,
@@ -459,5 +461,5 @@ def register(sub) -> None:
     p.add_argument("--gallery", default=None, help="gallery checkpoint (default: the one the supernet recorded)")
     p.add_argument("--out", required=True, help="query checkpoint directory to write")
     p.add_argument("--calib-images", type=int, default=500)
-    _add_training_flags(p, epochs=8, lr=0.03)
+    _add_training_flags(p, epochs=8, lr=FINETUNE_LR)
     p.set_defaults(func=cmd_finetune)

@@ -25,6 +25,7 @@ from .space import arch_key
 log = logging.getLogger("hetsearch.nas")
 
 RERANK_FILE = "rerank.json"
+RERANK_LR = 0.03  # the finalists' short finetune: gentle, it only has to rank them
 
 
 def add_rerank_args(p) -> None:
