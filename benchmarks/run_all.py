@@ -50,7 +50,7 @@ def main(argv=None) -> int:
         "train": [py, "-m", "benchmarks.bench_train", "--gallery", gallery, *q],
         "compat": [py, "-m", "benchmarks.bench_compat", "--gallery", gallery, *q],
         "openset": [py, "-m", "benchmarks.bench_openset", "--gallery", gallery, *q],
-        "nas": [py, "-m", "benchmarks.bench_nas", "--gallery", gallery, *q],
+        "nas": [py, "-m", "benchmarks.bench_nas", "--gallery", gallery, "--rerank", "2" if args.quick else "4", *q],
         "latency": [py, "-m", "benchmarks.bench_latency_model", "--supernet", "benchmarks/results/nas-work/supernet", *q],
         "export": [py, "-m", "benchmarks.bench_export", "--gallery", gallery,
                    "--query", "runs/bench-compat/mbv3-small-bct-l2", *q],
