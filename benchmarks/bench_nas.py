@@ -367,7 +367,10 @@ def run(args) -> dict:
                      "train_config": {k: (sn_meta.get("train_config") or {}).get(k)
                                       for k in ("epochs", "max_train_samples", "num_random", "schedule", "seed")}},
         "settings": {k: getattr(args, k) for k in FULL} | {"reward": args.reward, "threads": args.threads,
-                                                            "tie_tolerance": args.tie_tolerance},
+                                                            "tie_tolerance": args.tie_tolerance,
+                                                            "finetune_lr": args.finetune_lr, "rerank": args.rerank,
+                                                            "rerank_epochs": args.rerank_epochs,
+                                                            "rerank_floor": args.rerank_floor},
         "table": table, "rows": all_rows, "targets": targets(table, paragon_r1),
         "seconds": round(time.time() - t_start, 1),
     }
@@ -386,8 +389,13 @@ def run(args) -> dict:
           f"Paragon: {gck.name}, {paragon_mmacs:.2f} MMACs, R@1 {paragon_r1:.2f}. Compatibility loss: {compat}. "
           f"Seeds {args.seed_list} (mean ± sample std over seeds; one R@1 on {len(test)} test images has a binomial "
           f"standard error of about {100 * math.sqrt(0.88 * 0.12 / len(test)):.2f} points). Every compact model gets "
-          f"{args.epochs} training (hand-designed, from scratch) or finetuning (searched, from inherited weights) "
-          f"epochs. One supernet ({sn.name}: {result['supernet']['schedule']}, {result['supernet']['epochs']} epochs, "
+          f"{args.epochs} training (hand-designed, from scratch, lr 0.1) or finetuning (searched, from inherited "
+          f"weights, lr {args.finetune_lr:g}) epochs. "
+          + (f"Searched rows (evolution and random search alike): each budget's {args.rerank} best candidates by "
+             f"inherited reward costing at least {args.rerank_floor:g} of the budget are finetuned for "
+             f"{args.rerank_epochs} epoch(s) and the best on the validation split is finetuned in full; the "
+             f"'inherited weights' row is the search's own winner before that. " if args.rerank else "")
+          + f"One supernet ({sn.name}: {result['supernet']['schedule']}, {result['supernet']['epochs']} epochs, "
           f"seed 0) serves all seeds: the seed drives the compact models' training and the search, not the "
           f"supernet's training. R@1 is heterogeneous (query model vs gallery embeddings) except for the "
           f"'alone' rows (homogeneous).\n\n",
