@@ -13,6 +13,7 @@ latency of every held-out subnet, and the machine's load average while measuring
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -39,6 +40,19 @@ def summarize(model: dict) -> dict:
             "target_met": held["mape_pct"] <= TARGET["mape_pct"] and held["kendall_tau"] >= TARGET["kendall_tau"]}
 
 
+def _load_note(res: dict) -> str:
+    """What the measured load average says about the measurements (the benchmark itself keeps about one core busy)."""
+    peak = max(((f["load_average"].get("during_measurements") or {}).get("one_minute_max") or 0.0)
+               for f in res["formats"])
+    cores = os.cpu_count() or 1
+    if peak > 1.5:
+        return (f"**Load.** Other jobs shared this {cores}-core machine while these were measured (one-minute load "
+                f"average up to {peak:g}, in the table). Latency measured under that load is noisy (the predictor is "
+                "fitted to, and judged against, noisy measurements); rerun the command below on a quiet machine.")
+    return (f"**Load.** Measured on a quiet {cores}-core machine: the one-minute load average (in the table) stayed at "
+            f"or below {peak:g}, about what the benchmark itself adds.")
+
+
 def markdown(res: dict) -> str:
     out = ["# Latency models measured on this machine", "",
            f"Supernet `{res['supernet']}`, {res['samples']} designed subnets per format (smallest, largest, one per "
@@ -49,10 +63,7 @@ def markdown(res: dict) -> str:
            "held-out subnets only — few of them (see the table), so one more or less mispredicted subnet moves "
            "MAPE by a point or more and τ by 0.04 or more.", "",
            f"Issue target: held-out MAPE <= {TARGET['mape_pct']:g}% and Kendall tau >= {TARGET['kendall_tau']:g}.", "",
-           "**Load.** This 2-core machine was running other training jobs while these were measured; the one-minute "
-           "load average during the measurements is in the table. Latency measured under that load is noisy (the "
-           "predictor is fitted to, and judged against, noisy measurements); rerun the command below on a quiet "
-           "machine to confirm the numbers.", ""]
+           _load_note(res), ""]
     rows = []
     for f in res["formats"]:
         la = f["load_average"].get("during_measurements") or {}
@@ -82,7 +93,7 @@ def markdown(res: dict) -> str:
                 "command; nothing was measured again.)", ""]
     out += [
             "The per-format latency models (every measurement, the device, the tool versions) are in "
-            "`benchmarks/results/latency-models/`; `--resume` reuses their measurements when nothing changed.", ""]
+            "`latency-models/` beside this file; `--resume` reuses their measurements when nothing changed.", ""]
     return "\n".join(out)
     return "\n".join(out)
 
