@@ -27,29 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hetsearch.cmpnas.nas.latency import kendall_tau  # τ-b, shared with the latency models
 from hetsearch.report import format_table, markdown_table, write_json
-
-
-def kendall_tau(x, y) -> float:
-    """Kendall's τ-b (ties counted on either side)."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    n = len(x)
-    conc = disc = tx = ty = 0
-    for i in range(n):
-        for j in range(i + 1, n):
-            dx, dy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
-            if dx == 0 and dy == 0:
-                continue
-            if dx == 0:
-                tx += 1
-            elif dy == 0:
-                ty += 1
-            elif dx == dy:
-                conc += 1
-            else:
-                disc += 1
-    denom = np.sqrt((conc + disc + tx) * (conc + disc + ty))
-    return float((conc - disc) / denom) if denom else float("nan")
 
 
 def pair_agreement(mmacs, x, y, ratio: float) -> tuple[float, int]:
