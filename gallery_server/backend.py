@@ -231,6 +231,10 @@ class GalleryBase(ABC):
         metadata = list(metadata) if metadata is not None and len(metadata) else None
         if metadata is not None and len(metadata) != len(ids):
             raise InvalidArgument(f"{len(ids)} ids but {len(metadata)} metadata strings (give none or one per id)")
+        keep = last_occurrences(ids)  # one batch, one row per id: every backend gets unique ids
+        if keep is not None:
+            ids, vec = ids[keep], vec[keep]
+            metadata = [metadata[i] for i in keep] if metadata else metadata
         return self._upsert(ids, vec, metadata, deadline)
 
     def delete(self, ids, deadline: float | None = None) -> tuple[int, int, int]:

@@ -38,7 +38,7 @@ from hetsearch.errors import DataError
 from hetsearch.space import parse_space_id
 
 from .backend import (DEFAULT_EF_SEARCH, DEFAULT_NPROBE, READY, UNAVAILABLE, GalleryBase, GalleryInfo, GallerySpec,
-                      SearchKnobs, StoreBase, check_name, last_occurrences, new_spec, not_found, reuse_existing)
+                      SearchKnobs, StoreBase, check_name, new_spec, not_found, reuse_existing)
 from .errors import (AlreadyExists, DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted, StoreError,
                      Unavailable, shown)
 from .logfmt import event
@@ -180,10 +180,6 @@ class MilvusGallery(GalleryBase):
         return int(rows[0]["count(*)"])
 
     def _upsert(self, ids, vec, metadata, deadline) -> tuple[int, int]:
-        keep = last_occurrences(ids)
-        if keep is not None:
-            ids, vec = ids[keep], vec[keep]
-            metadata = [metadata[i] for i in keep] if metadata else metadata
         texts = metadata or [""] * len(ids)
         for i, text in enumerate(texts):
             if len(text.encode("utf-8")) > MAX_METADATA_BYTES:
