@@ -182,14 +182,14 @@ class GalleryServer:
         self.servicer.serving = True
         self._set_health(True)
         try:
-            infos = self.store.list()
+            infos, listed = self.store.list(), True
         except StoreError as exc:  # a Milvus that is down: serving anyway, its calls answer UNAVAILABLE
             log.error(event("store_unavailable", backend=self.store.backend, error=exc))
-            infos = []
+            infos, listed = [], False
         log.info(event("serving", galleries=len(infos), unavailable=sum(i.state != "READY" for i in infos),
                        vectors=sum(i.vector_count for i in infos), seconds=round(time.perf_counter() - t0, 3)))
         if self.store.backend != "faiss" and self.config.backend_probe_s > 0:
-            self._backend_up = bool(infos) or self._probe()
+            self._backend_up = listed  # the listing above was the first probe
             self._set_health(self._backend_up)
             self._prober = threading.Thread(target=self._probe_loop, name="backend-probe", daemon=True)
             self._prober.start()
