@@ -136,11 +136,8 @@ def _cfg(args, seed, compat_name, lr=0.1, warmup=0.5):
                        seed=seed, threads=args.threads, compat=compat_name, lr=lr, warmup_epochs=warmup)
 
 
-def _ft_cfg(args, seed, ctx, epochs=None, lr=None):
-    cfg = _cfg(args, seed, ctx["compat"], lr=args.finetune_lr if lr is None else lr, warmup=0.2)
-    if epochs is not None:
-        cfg.epochs = epochs
-    return cfg
+def _ft_cfg(args, seed, ctx):
+    return _cfg(args, seed, ctx["compat"], lr=args.finetune_lr, warmup=0.2)
 
 
 def _finalist(args, seed: int, ctx: dict, pool: list[dict], budget: float, sub_dir: Path, rr_dir: Path):
@@ -148,11 +145,13 @@ def _finalist(args, seed: int, ctx: dict, pool: list[dict], budget: float, sub_d
     finalists after a short finetune each (validation split only). Returns (subnet, row fields)."""
     if not args.rerank:
         return sub_dir, {}
-    from hetsearch.cmpnas.nas.rerank import RERANK_LR, finalists, rerank
+    from hetsearch.cmpnas.nas.rerank import finalists, rerank, rerank_config
 
     res = rerank(ctx["train"], ctx["supernet"], ctx["gallery"], finalists(pool, budget, args.rerank, args.rerank_floor),
                  rr_dir,
-                 _ft_cfg(args, seed, ctx, epochs=args.rerank_epochs, lr=RERANK_LR), progress=not args.no_progress)
+                 rerank_config(epochs=args.rerank_epochs, max_train_samples=args.max_train_samples,
+                               max_val_samples=args.max_val_samples, seed=seed, threads=args.threads,
+                               compat=ctx["compat"]), progress=not args.no_progress)
     w = res["winner"]
     return ({"arch": w["arch"], "budget": budget, "budget_unit": "MMACs", "search": "rerank",
              "reward": "heterogeneous R@1 after a short finetune", "val_het_r1": w["short_r1"]},

@@ -200,17 +200,17 @@ def cmd_supernet(args) -> int:
 
 
 def _rerank_cfg(args, meta: dict):
-    """The short finetune of ``--rerank``: lr RERANK_LR, warmup 0.2, for --rerank-epochs, with the supernet's
+    """The short finetune of ``--rerank`` (rerank.rerank_config) for --rerank-epochs, with the supernet's
     compatibility loss."""
     from ..train import TrainConfig
-    from .rerank import RERANK_LR
+    from .rerank import rerank_config
 
     if args.rerank < 0 or args.rerank_epochs < 1 or not 0 <= args.rerank_floor <= 1:
         raise ModelError("--rerank must be >= 0, --rerank-epochs >= 1 and --rerank-floor in [0, 1]")
     tc = meta.get("train_config") or {}
-    return TrainConfig(epochs=args.rerank_epochs, lr=RERANK_LR, warmup_epochs=0.2, seed=args.seed,
-                       threads=args.threads or 1, compat=tc.get("compat") or TrainConfig().compat,
-                       loss_weights=tc.get("loss_weights") or {}, max_train_samples=args.rerank_max_train_samples)
+    return rerank_config(epochs=args.rerank_epochs, seed=args.seed, threads=args.threads or 1,
+                         compat=tc.get("compat") or TrainConfig().compat, loss_weights=tc.get("loss_weights") or {},
+                         max_train_samples=args.rerank_max_train_samples)
 
 
 def cmd_search(args) -> int:

@@ -28,6 +28,13 @@ RERANK_FILE = "rerank.json"
 RERANK_LR = 0.03  # the finalists' short finetune: gentle, it only has to rank them
 
 
+def rerank_config(**overrides):
+    """The finalists' short finetune: 1 epoch at RERANK_LR with a 0.2-epoch warm-up, unless overridden."""
+    from ..train import TrainConfig
+
+    return TrainConfig(**{"epochs": 1, "lr": RERANK_LR, "warmup_epochs": 0.2, **overrides})
+
+
 def add_rerank_args(p) -> None:
     """--rerank K, --rerank-epochs, --rerank-floor (``nas search`` and ``benchmarks/bench_nas.py``)."""
     p.add_argument("--rerank", type=int, default=0, metavar="K",

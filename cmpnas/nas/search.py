@@ -541,19 +541,18 @@ def run_search(supernet_dir: str | os.PathLike, data, gallery, out: str | os.Pat
 def _rerank_winners(evo, budgets, k, cfg, floor, data, supernet_dir, gck, out, calib_images, progress,
                     device_check) -> dict:
     """Replace each budget's evolution winner by the best of its finalists after a short finetune."""
-    from ..train import TrainConfig
-    from .rerank import RERANK_LR, finalists, rerank
+    from .rerank import finalists, rerank, rerank_config
 
     if device_check is not None:
         raise SearchError("--rerank with a measured latency model (--latency-model) is not supported: the device "
                           "check re-picks winners by inherited reward; search under MACs or --latency-profile")
-    cfg = cfg or TrainConfig(epochs=1, lr=RERANK_LR, warmup_epochs=0.2)
+    cfg = cfg or rerank_config()
     done = {}
     for b in budgets:
         rr = rerank(data, supernet_dir, gck, finalists([_slim(r) for r in evo["records"]], b, k, floor),
                     Path(out) / "rerank" / budget_dirname(b), cfg, calib_images=calib_images, progress=progress)
         w = rr["winner"]
-        rec = next(r for r in evo["records"] if arch_key(r["arch"]) == arch_key(w["arch"]))
+        rec = next(r for r in evo["records"] if r["key"] == arch_key(w["arch"]))
         evo["best"][f"{b:g}"] = rec
         done[f"{b:g}"] = {"short_r1": w["short_r1"], "settings": rr["settings"], "floor": floor,
                           "finalists": [{k2: f[k2] for k2 in ("arch", "mmacs", "reward", "short_r1")}
