@@ -83,6 +83,20 @@ def add_compat_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--temperature", type=float, default=0.05, help="contrastive temperature")
 
 
+def add_qat_args(p: argparse.ArgumentParser) -> None:
+    """--qat: quantization-aware compatibility training (train query, nas finetune)."""
+    from .qat import QAT_SCHEMES
+
+    g = p.add_argument_group("quantization-aware training")
+    g.add_argument("--qat", choices=QAT_SCHEMES, default=None,
+                   help="finetune with int8 fake quantization (batch norms folded first) and the same compatibility "
+                        "loss, so the int8 files `hetsearch export` takes from it are what was trained; typically "
+                        "from a float checkpoint (--init) for a few epochs at a low --lr, e.g. 0.005")
+    g.add_argument("--qat-consistency", type=float, default=0.0, metavar="W",
+                   help="with --qat: weight of 1 - cos(int8 embedding, float embedding of the same weights), which "
+                        "keeps the float model and its int8 files close (the export's parity check)")
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--embed-dim", type=int, default=None, help="embedding dimension (default: the preset's)")
@@ -107,7 +121,8 @@ def train_config(args, **extra):
         loss_weights=losses.parse_weights(getattr(args, "loss_weights", None)),
         bct_lambda=getattr(args, "bct_lambda", None), temperature=getattr(args, "temperature", 0.05),
         gallery_targets=args.gallery_targets, target_views=args.target_views, targets_cache=args.targets_cache,
-        val_mode=args.val_mode, **extra)
+        val_mode=args.val_mode, qat=getattr(args, "qat", None),
+        qat_consistency=getattr(args, "qat_consistency", 0.0), **extra)
     cfg.validate()
     return cfg
 
@@ -136,12 +151,19 @@ def cmd_train_gallery(args) -> int:
 
 
 def cmd_train_query(args) -> int:
+    from hetsearch.errors import HetsearchError
+
+    from .names import DEFAULT_QUERY
     from .train import train_query
 
+    if args.init and (args.arch or any(v is not None for v in _overrides(args).values())):
+        raise HetsearchError("--init CKPT finetunes that checkpoint's model: --arch, --embed-dim, --input-size and "
+                             "--channels do not apply")
+
     data = load_split(args, "train")
-    ck = train_query(data, args.gallery, args.arch, args.out, train_config(args), resume=args.resume,
+    ck = train_query(data, args.gallery, args.arch or DEFAULT_QUERY, args.out, train_config(args), resume=args.resume,
                      progress=not args.quiet, extra_meta={"open_set_classes": args.held_out_classes},
-                     **_overrides(args))
+                     init=args.init, **_overrides(args))
     print(_summary(ck))
     return 0
 
@@ -276,6 +298,9 @@ examples:
   hetsearch train query --data fashion-mnist --gallery runs/gallery --arch mbv3-small --out runs/q-small
   hetsearch train query --gallery runs/gallery --arch mbv3-tiny --compat bct --epochs 8 --out runs/q-bct
   hetsearch train query --gallery runs/gallery --arch spec.json --compat own+l2 --loss-weights l2=20 --out runs/q
+  # quantization-aware: finetune a float query model with int8 fake quantization, then export int8 from it
+  hetsearch train query --gallery runs/gallery --init runs/q-small --qat int8 --epochs 3 --lr 0.005 --out runs/q-qat
+  hetsearch export runs/q-qat --formats onnx,tflite --precision fp32,int8 --gallery runs/gallery --out bundles/q-qat
 """
 IMPORT_EPILOG = """\
 examples:
@@ -332,9 +357,13 @@ def register(sub) -> None:
                         formatter_class=FMT, epilog=TRAIN_QUERY_EPILOG,
                         description="Train a compact query model against a frozen gallery model.")
     q.add_argument("--gallery", required=True, help="gallery checkpoint directory")
-    q.add_argument("--arch", default=DEFAULT_QUERY, help=f"preset ({presets}), JSON spec or .json file")
+    q.add_argument("--arch", default=None,
+                   help=f"preset ({presets}), JSON spec or .json file (default {DEFAULT_QUERY})")
+    q.add_argument("--init", default=None, metavar="CKPT",
+                   help="finetune this query checkpoint (its model and classifier) instead of a new --arch model")
     q.add_argument("--out", required=True, help="output checkpoint folder")
     add_compat_args(q)
+    add_qat_args(q)
     add_data_args(q, "train")
     add_model_args(q)
     add_train_args(q)

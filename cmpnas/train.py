@@ -27,11 +27,12 @@ from tqdm.auto import tqdm
 from hetsearch.errors import ModelError
 
 from . import losses as L
-from .checkpoint import Checkpoint, freeze, load_checkpoint, model_space_id, save_checkpoint
+from .checkpoint import Checkpoint, freeze, load_checkpoint, model_space_id, relative_ref, save_checkpoint
 from .data import ImageSet, train_val_split
 from .embed import embed
 from .metrics import recall_at_1
 from .models import CosineClassifier, EmbeddingNet, build_model, resize_batch
+from .qat import QAT_SCHEMES, QATModel, prepare_qat
 from .targets import ViewSpec, apply_views, load_or_build, random_view_params
 
 log = logging.getLogger("hetsearch.train")
@@ -70,6 +71,10 @@ class TrainConfig:
     distill_weight: float = 1.0
     calib_images: int = 500
     schedule: str = "progressive"  # progressive (OFA order) | sandwich (every dimension elastic from the start)
+    # quantization-aware training of a query model (cmpnas/qat.py): None (float) | "int8"; with it, the weight of
+    # a term 1 - cos(int8 embedding, float embedding of the same weights) that keeps the two close (parity)
+    qat: str | None = None
+    qat_consistency: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -90,6 +95,10 @@ class TrainConfig:
             raise ModelError(f"--val-mode must be auto, stratified or classes, not {self.val_mode!r}")
         if self.schedule not in ("progressive", "sandwich"):
             raise ModelError(f"--schedule must be 'progressive' or 'sandwich', not {self.schedule!r}")
+        if self.qat is not None and self.qat not in QAT_SCHEMES:
+            raise ModelError(f"--qat must be one of {', '.join(QAT_SCHEMES)}, not {self.qat!r}")
+        if self.qat_consistency < 0:
+            raise ModelError(f"--qat-consistency must be >= 0, got {self.qat_consistency}")
 
 
 AUGMENT_PAD = 2
@@ -162,8 +171,9 @@ class PlainStep:
     keep_best = True
 
     def __init__(self, model: EmbeddingNet, kind: str, classes: list[str] | None = None,
-                 extra_meta: dict | None = None):
+                 extra_meta: dict | None = None, consistency: float = 0.0):
         self.model, self.kind, self.classes, self.extra_meta = model, kind, classes, dict(extra_meta or {})
+        self.consistency = consistency if isinstance(model, QATModel) else 0.0
 
     def trainable(self) -> list[nn.Module]:
         return [self.model]
@@ -177,7 +187,14 @@ class PlainStep:
     def __call__(self, xb, yb, g_emb, objective) -> dict:
         if tuple(xb.shape[-2:]) != tuple(self.model.input_size):
             xb = resize_batch(xb, self.model.input_size)
-        total, parts = objective(self.model(xb), yb, g_emb)
+        q = self.model(xb)
+        total, parts = objective(q, yb, g_emb)
+        if self.consistency:  # QAT: the int8 (fake-quantized) embedding and the float one of the same weights agree
+            with self.model.float_mode():
+                qf = self.model(xb)
+            term = (1.0 - (q * qf).sum(dim=1)).mean()
+            total = total + self.consistency * term
+            parts["qat_consistency"] = float(term.detach())
         total.backward()
         return parts
 
@@ -186,6 +203,13 @@ class PlainStep:
         out = {"val_homogeneous_r1": recall_at_1(q, q, val.labels)}
         if g_val is not None:
             out["val_heterogeneous_r1"] = recall_at_1(q, g_val, val.labels)
+        if isinstance(self.model, QATModel):  # the metrics above are the fake-quantized (int8) model's
+            with self.model.float_mode():
+                qf = embed(self.model, val)
+            if g_val is not None:
+                out["val_float_heterogeneous_r1"] = recall_at_1(qf, g_val, val.labels)
+            out["val_float_cos_min"] = float(((q * qf).sum(1) / np.maximum(
+                np.linalg.norm(q, axis=1) * np.linalg.norm(qf, axis=1), 1e-12)).min())
         return out
 
     def state(self) -> dict:
@@ -209,7 +233,11 @@ class PlainStep:
             extra.setdefault("gallery_macs", gallery.macs)
             extra["compat"] = {"loss": loss.name, "terms": list(loss.terms), "weights": loss.weights}
             extra["gallery_targets"] = targets_info
-        m = copy.deepcopy(self.model).eval()
+        if isinstance(self.model, QATModel):  # the float model with the trained weights; meta says it is QAT
+            m = self.model.to_plain()
+            extra["qat"] = {**extra.get("qat", {}), **self.model.describe()}
+        else:
+            m = copy.deepcopy(self.model).eval()
         save_checkpoint(out, m, kind=self.kind, head=copy.deepcopy(head).eval(), space_id=space,
                         train_config=cfg.to_dict(), metrics=metrics, classes=self.classes, extra=extra)
 
@@ -223,12 +251,14 @@ def val_can_measure(labels: np.ndarray) -> bool:
 
 
 def fit(step, train: ImageSet, val: ImageSet, out: str | Path, cfg: TrainConfig, *, gallery: GallerySide | None = None,
-        loss: L.CompatLoss | None = None, resume: bool = False, progress: bool = True, desc: str = "train") -> list:
+        loss: L.CompatLoss | None = None, resume: bool = False, progress: bool = True, desc: str = "train",
+        head_state: dict | None = None) -> list:
     """The one training loop: gallery models, query models, finetunes and supernets (``step`` decides).
 
     Per epoch: a seeded shuffle; one view per image (a cached gallery view, or a fresh random shift/flip);
     the step's forward/backward; SGD with warm-up + cosine; validation on a split carved from the training
     data; the step's save (best epoch for models, every epoch for a supernet); ``last.pt`` for ``resume``.
+    ``head_state``: the model's own classifier to start from (a finetune of a checkpoint keeps its classifier).
     Returns the history."""
     cfg.validate()
     set_threads(cfg.threads)
@@ -251,6 +281,11 @@ def fit(step, train: ImageSet, val: ImageSet, out: str | Path, cfg: TrainConfig,
     # query model partly compatible with the gallery.
     head_gen = torch.Generator().manual_seed(cfg.seed * 7919 + (104729 if gallery is not None else 0) + 13)
     head = CosineClassifier(dim, train.num_classes, cfg.head_scale, cfg.margin, cfg.margin_type, generator=head_gen)
+    if head_state is not None:
+        if tuple(head_state["weight"].shape) != tuple(head.weight.shape):
+            raise ModelError(f"the starting checkpoint's classifier has shape {tuple(head_state['weight'].shape)}, "
+                             f"this data needs {tuple(head.weight.shape)}")
+        head.load_state_dict(head_state)
     trainable = step.trainable() + ([head] if loss.needs_own_head else [])
     opt = torch.optim.SGD(param_groups(trainable, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
 
@@ -392,6 +427,8 @@ def train_gallery(data: ImageSet, arch: Any, out: str | Path, cfg: TrainConfig |
                   **overrides) -> Checkpoint:
     """Train the gallery (paragon) model with a cosine classifier."""
     cfg = cfg or TrainConfig()
+    if cfg.qat:
+        raise ModelError("--qat is for query models (the gallery model defines the space and stays float)")
     torch.manual_seed(cfg.seed)
     model = arch if isinstance(arch, nn.Module) else build_model(arch, **_data_overrides(data, overrides))
     train, val = _split(data, cfg)
@@ -402,10 +439,13 @@ def train_gallery(data: ImageSet, arch: Any, out: str | Path, cfg: TrainConfig |
 
 def train_query(data: ImageSet, gallery: str | Path | Checkpoint, arch: Any, out: str | Path,
                 cfg: TrainConfig | None = None, *, resume: bool = False, progress: bool = True,
-                extra_meta: dict | None = None, **overrides) -> Checkpoint:
+                extra_meta: dict | None = None, init: str | Path | Checkpoint | None = None,
+                **overrides) -> Checkpoint:
     """Train a compact query model against a frozen gallery model with ``cfg.compat``.
 
     ``arch`` is a preset name, a spec, or an already-built model (e.g. an extracted subnet to finetune).
+    ``init``: a query checkpoint to finetune (its model and classifier; ``arch`` is then ignored), e.g. a float
+    model to finetune with ``cfg.qat`` (quantization-aware, :mod:`hetsearch.cmpnas.qat`).
     """
     cfg = cfg or TrainConfig()
     torch.manual_seed(cfg.seed)
@@ -413,6 +453,19 @@ def train_query(data: ImageSet, gallery: str | Path | Checkpoint, arch: Any, out
     side = GallerySide.from_checkpoint(gck)
     loss = L.build_loss(cfg.compat, cfg.loss_weights, lam=cfg.bct_lambda, temperature=cfg.temperature,
                         gallery_has_head=side.head is not None)
+    if cfg.qat and init is None and not isinstance(arch, nn.Module):
+        raise ModelError(f"--qat {cfg.qat} finetunes a trained float model (its batch norms are folded first): give "
+                         "--init CKPT, a query checkpoint trained against this gallery")
+    head_state, init_meta = None, {}
+    if init is not None:
+        ick = init if isinstance(init, Checkpoint) else load_checkpoint(init, expect_kind="query")
+        if ick.space_id != side.space_id:
+            raise ModelError(f"--init {ick.path}: that query model is compatible with space {ick.space_id}, not with "
+                             f"this gallery's {side.space_id}")
+        arch, head_state = ick.model, (ick.head.state_dict() if ick.head is not None else None)
+        init_meta = {"init": {"model_id": ick.name, "path": relative_ref(ick.path, out),
+                              "val_heterogeneous_r1": ick.meta.get("metrics", {}).get("val_heterogeneous_r1")},
+                     **({"nas": ick.meta["nas"]} if ick.meta.get("nas") else {})}
     if isinstance(arch, nn.Module):
         model = arch
     else:
@@ -420,10 +473,12 @@ def train_query(data: ImageSet, gallery: str | Path | Checkpoint, arch: Any, out
         ov.setdefault("embed_dim", side.model.embed_dim)
         ov.setdefault("input_size", tuple(side.model.input_size) if "input_size" not in ov else ov["input_size"])
         model = build_model(arch, **ov)
+    if cfg.qat:
+        model = prepare_qat(model, cfg.qat)  # BN folded, fake quantization in; trained with the same loss
     train, val = _split(data, cfg)
-    meta = {"gallery_model_id": gck.name, **(extra_meta or {})}
-    fit(PlainStep(model, "query", data.classes, meta), train, val, out, cfg, gallery=side, loss=loss, resume=resume,
-        progress=progress, desc="query")
+    meta = {"gallery_model_id": gck.name, **init_meta, **(extra_meta or {})}
+    fit(PlainStep(model, "query", data.classes, meta, consistency=cfg.qat_consistency), train, val, out, cfg,
+        gallery=side, loss=loss, resume=resume, progress=progress, desc="query", head_state=head_state)
     return load_checkpoint(out)
 
 

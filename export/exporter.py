@@ -25,6 +25,12 @@ coreml  int8       ``coremltools.optimize.coreml.linear_quantize_weights`` (int8
                    the fp16 program
 ======  =========  ========================================================================================
 
+A checkpoint trained with ``--qat int8`` (quantization-aware compatibility training, its meta records
+``qat``) goes through the same int8 recipes: its weights were trained under the fake quantization those
+recipes reproduce (BN folded, int8 per-channel weights, 8-bit activations), and the activation ranges are
+calibrated here as for any model. Its int8 files say ``"int8_training": "qat"`` (others ``"ptq"``) and the
+manifest's ``source.qat`` what the training simulated.
+
 A format/precision that fails is recorded in the manifest's ``failures`` with its reason and the rest
 continue. When check images are given, parity (and with a gallery checkpoint, the compatibility gate)
 runs on every file (:mod:`hetsearch.export.checks`).
@@ -515,6 +521,7 @@ def export_bundle(checkpoint, out_dir, formats=("onnx", "tflite", "coreml"), pre
     precisions = parse_list(precisions, mf.PRECISIONS, "precision")
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     model = ckpt.model.eval()
+    qat = ckpt.meta.get("qat")
     thresholds = ck.merge_thresholds(thresholds)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -564,6 +571,11 @@ def export_bundle(checkpoint, out_dir, formats=("onnx", "tflite", "coreml"), pre
                          "bytes": mf.size_path(path), "runtime": RUNTIMES[fmt], "layout": "NCHW",
                          "input_name": "pixels", "output_name": "embedding",
                          "export_seconds": round(time.perf_counter() - t0, 2), **extra}
+                if prec == "int8" and fmt in ("onnx", "tflite"):
+                    entry["int8_training"] = "qat" if qat else "ptq"
+                    if qat:
+                        entry["quantization"] = ("quantization-aware trained weights (--qat int8) through the "
+                                                 "post-training recipe: " + entry["quantization"])
                 files.append(entry)
                 say(f"{fmt} {prec}: exported {name} ({_size(entry['bytes'])}, {entry['export_seconds']:.1f} s)")
                 recipe = entry.get("int8_recipe")
@@ -612,7 +624,8 @@ def export_bundle(checkpoint, out_dir, formats=("onnx", "tflite", "coreml"), pre
         "tools": tool_versions(),
         "failures": failures,
         "source": {"kind": ckpt.kind, "weights_sha256": weights_digest(model),
-                   "checkpoint_model_id": ckpt.meta.get("model_id")},
+                   "checkpoint_model_id": ckpt.meta.get("model_id"),
+                   **({"qat": {k: v for k, v in qat.items() if k != "activation_ranges"}} if qat else {})},
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     if ctx is not None:

@@ -30,7 +30,9 @@ Optional keys written by ``hetsearch export`` (readers may ignore them)::
 
     failures        list  {format, precision, reason} of conversions that failed
     source          dict  kind and weights_sha256 of the checkpoint the files came from
-                          (``hetsearch check --query`` verifies it is the same model)
+                          (``hetsearch check --query`` verifies it is the same model); ``qat``
+                          when it was trained quantization-aware (``--qat int8``), and then
+                          its int8 files say ``int8_training: "qat"`` (otherwise "ptq")
     check_config    dict  check images (source, count), gallery space and R@1, thresholds
     exported_at     str   UTC time of the export (ISO 8601)
 

@@ -340,6 +340,7 @@ def cmd_finetune(args) -> int:
 def register(sub) -> None:
     from hetsearch.cli import DefaultsHelpFormatter as HelpFormatter
 
+    from ..cli import add_qat_args
     from .rerank import add_rerank_args
     from .search import FINETUNE_LR
     from hetsearch.export.profile_cli import add_profiler_args
@@ -462,4 +463,5 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="query checkpoint directory to write")
     p.add_argument("--calib-images", type=int, default=500)
     _add_training_flags(p, epochs=8, lr=FINETUNE_LR)
+    add_qat_args(p)
     p.set_defaults(func=cmd_finetune)
