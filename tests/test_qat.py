@@ -121,3 +121,24 @@ def test_gallery_training_refuses_qat(fmnist_train, tmp_path):
         train_gallery(fmnist_train, "resnet-tiny", tmp_path / "g", TrainConfig(epochs=1, max_train_samples=100,
                                                                                qat="int8"), progress=False)
 
+
+
+def test_nas_finetune_qat(tiny_runs, tmp_path):
+    """nas finetune --qat int8: the extracted subnet (BN recalibrated) is folded and finetuned quantization-aware."""
+    from hetsearch.cmpnas.nas import largest_arch, load_supernet
+
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"stages": [{"out": 16, "stride": 2, "se": True, "act": "relu"}],
+                                 "head": {"channels": 32, "act": "hswish"}, "depths": [1], "kernels": [3],
+                                 "expands": [2], "widths": [1.0]}))
+    sn, ft = tmp_path / "sn", tmp_path / "ft"
+    common = ["--threads", "1", "--no-progress", "--max-train-samples", "256", "--max-val-samples", "100"]
+    assert main(["nas", "supernet", "--gallery", str(tiny_runs["gallery"].path), "--out", str(sn), "--space",
+                 str(space), "--epochs", "1", "--batch-size", "64", "--num-random", "0", *common]) == 0
+    net, _ = load_supernet(sn)
+    assert main(["nas", "finetune", "--subnet", json.dumps(largest_arch(net.config)), "--supernet", str(sn),
+                 "--out", str(ft), "--epochs", "1", "--lr", "0.005", "--qat", "int8", "--calib-images", "64",
+                 *common]) == 0
+    ck = load_checkpoint(ft, expect_kind="query")
+    assert ck.meta["qat"]["scheme"] == "int8" and ck.meta["qat"]["batchnorms_folded"] >= 3 and ck.meta["nas"]
+    assert "val_float_heterogeneous_r1" in ck.meta["metrics"]["history"][0]
