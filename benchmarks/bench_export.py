@@ -18,6 +18,15 @@ real trainer (``hetsearch.cmpnas.train``): quick ``resnet-tiny``/``mbv3-tiny`` f
 ``resnet-gallery``/``mbv3-small`` for four, on a class-balanced subset of the training split.
 
 Writes ``benchmarks/results/export.json`` and ``export.md`` (bundles under ``--work``).
+
+    python -m benchmarks.bench_export --gallery G --qat Q1,Q2     # float vs post-training int8 vs QAT int8
+
+``--qat`` takes checkpoints trained with ``hetsearch train query --init F --qat int8``; each records the float
+checkpoint F it was finetuned from. Both are exported to ONNX and TFLite (fp32, int8) with the same int8 recipes and
+calibration images and checked on the checkpoint's own validation split (all of it unless ``--check-samples``). Per
+model and format it reports float, post-training int8 (from F) and QAT int8: parity against the model's own
+PyTorch float weights (the export gate), heterogeneous R@1 and its paired change from F's PyTorch model (± standard
+error over the same images), the delegate LiteRT ran and p50 latency. Writes ``export-qat.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -54,6 +63,9 @@ def _args(argv=None):
     p.add_argument("--threads", type=int, default=1, help="torch and runtime threads")
     p.add_argument("--no-profile", action="store_true", help="skip latency profiling")
     p.add_argument("--note", default=None, help="a sentence for the report (e.g. what else ran on the machine)")
+    p.add_argument("--qat", default=None, metavar="CKPTS",
+                   help="QAT checkpoints, comma-separated: compare float, post-training int8 and QAT int8 (with "
+                        "--gallery), writing export-qat.json/.md")
     return p.parse_args(argv)
 
 
@@ -107,6 +119,8 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.qat:
+        return qat_main(args)
     from hetsearch.cmpnas.checkpoint import load_checkpoint
     from hetsearch.cmpnas.data import load_data, stratified_sample, train_val_split
     from hetsearch.export.exporter import export_bundle, tool_versions
@@ -217,8 +231,144 @@ def main(argv=None) -> int:
     return 0
 
 
+QAT_COLUMNS = ["model", "format", "weights", "precision", "status", "cos_min", "cos_mean", "cos_min_vs_float",
+               "cos_min_vs_sim", "r1", "r1_delta", "delegate", "p50_ms"]
+QAT_HEADERS = {"cos_min": "cos min", "cos_mean": "cos mean", "cos_min_vs_float": "cos min vs float model",
+               "cos_min_vs_sim": "cos min vs QAT sim", "r1": "het R@1", "r1_delta": "R@1 Δ vs float", "p50_ms": "p50 (ms)"}
+TARGET_COS_MIN, TARGET_R1_DROP = 0.98, 1.0  # the issue's int8 targets
+
+
+def qat_main(args) -> int:
+    """Float vs post-training int8 vs QAT int8 per model and format (see the module doc)."""
+    from hetsearch.cmpnas.checkpoint import load_checkpoint, resolve_ref
+    from hetsearch.cmpnas.data import load_data, stratified_sample, train_val_split
+    from hetsearch.cmpnas.embed import embed
+    from hetsearch.cmpnas.qat import simulated
+    from hetsearch.export import checks as ck
+    from hetsearch.export.exporter import export_bundle, tool_versions
+    from hetsearch.export.profile import profile_bundle
+    from hetsearch.export.runners import SdkRunner
+
+    if not args.gallery:
+        print("--qat needs --gallery (the gallery model the checkpoints are compatible with)", file=sys.stderr)
+        return 2
+    ds = load_data("fashion-mnist", split="train")
+    work = Path(args.work) / "qat"
+    runs, warmup, min_s = (30, 3, 0.2) if args.quick else (200, 10, 1.0)
+    rows, models = [], {}
+    for qdir in [Path(q) for q in args.qat.split(",") if q.strip()]:
+        q = load_checkpoint(qdir)
+        init = (q.meta.get("init") or {}).get("path")
+        if not q.meta.get("qat") or not init:
+            print(f"{qdir} is not a QAT checkpoint finetuned from a float one (--init ... --qat int8)", file=sys.stderr)
+            return 2
+        f = load_checkpoint(resolve_ref(init, qdir))
+        name = f.name
+        tc = q.meta["train_config"]
+        split = {k: tc[k] for k in ("val_fraction", "seed", "val_mode")}
+        if any(f.meta["train_config"].get(k) != v for k, v in split.items()):
+            print(f"{qdir}: its validation split {split} differs from its float model's", file=sys.stderr)
+            return 2
+        train, val = train_val_split(ds, split["val_fraction"], split["seed"], mode=split["val_mode"])
+        check = val.subset(stratified_sample(val.labels, args.check_samples, 2), "check") if args.check_samples else val
+        calib = train.subset(stratified_sample(train.labels, args.calib_samples, split["seed"] + 1), "calib")
+        ctx = ck.prepare_context(f.model.input_shape, check, query_model=f.model, gallery=args.gallery,
+                                 space_id=f.space_id)
+        sim = embed(simulated(q), ctx.pixels)
+
+        def row(weights, fmt, precision, emb, delegate=None, p50=None, status="-", own=None):
+            hits = ck._hits(emb, ctx.gallery_emb, ctx.labels)
+            par = own if own is not None else ck.parity_stats(ctx.reference, emb)
+            return {"model": name, "format": fmt, "weights": weights, "precision": precision, "status": status,
+                    "cos_min": par["cos_min"], "cos_mean": par["cos_mean"],
+                    "cos_min_vs_float": ck.parity_stats(ctx.reference, emb)["cos_min"],
+                    "cos_min_vs_sim": ck.parity_stats(sim, emb)["cos_min"] if weights == "QAT" else None,
+                    "r1": 100.0 * float(hits.mean()), "r1_delta": 100.0 * float(hits.mean()) - ctx.reference_r1,
+                    "r1_delta_se": ck.paired_se(ctx.reference_hits, hits), "delegate": delegate, "p50_ms": p50}
+
+        qf = embed(q.model, ctx.pixels)
+        rows += [row("float", "pytorch", "fp32", ctx.reference),
+                 row("QAT", "pytorch", "fp32", qf, own=ck.parity_stats(qf, qf)),
+                 row("QAT", "pytorch", "int8 (simulated)", sim, own=ck.parity_stats(qf, sim))]
+        info = {"float_checkpoint": f.name, "qat_checkpoint": q.name, "mmacs": f.macs / 1e6,
+                "architecture": f.spec.get("name") or f.spec.get("family"), "pytorch_r1": ctx.reference_r1,
+                "gallery_r1": ctx.gallery_r1, "check_images": len(check), "calib_images": len(calib),
+                "qat_training": {k: tc.get(k) for k in ("epochs", "lr", "qat", "qat_consistency", "batch_size")}
+                | {"seconds": round(sum(h.get("train_seconds", 0) for h in q.meta["metrics"]["history"]), 1)},
+                "bundles": {}}
+        for weights, ckpt in (("PTQ", f), ("QAT", q)):
+            bundle = work / name / weights.lower()
+            t0 = time.perf_counter()
+            man = export_bundle(ckpt, bundle, formats=("onnx", "tflite"), precisions=("fp32", "int8"),
+                                calib_data=calib, gallery=args.gallery, check_data=check, progress=False,
+                                threads=args.threads, keep_failed=True)
+            info["bundles"][weights] = {"export_seconds": round(time.perf_counter() - t0, 1),
+                                        "int8_recipes": {e["format"]: e.get("quantization") for e in man["files"]
+                                                         if e["precision"] == "int8"}}
+            prof = {} if args.no_profile else {
+                r["file"]: r.get("p50_ms") for r in profile_bundle(bundle, "local", threads=1, warmup=warmup, runs=runs,
+                                                                   min_seconds=min_s, update_manifest=False)["results"]}
+            for e in man["files"]:
+                if weights == "QAT" and e["precision"] == "fp32":
+                    continue  # the QAT model's float weights are the 'pytorch' QAT row; its fp32 files match them
+                runner = SdkRunner(bundle / e["path"], e, threads=args.threads)
+                rec = man["checks"].get(e["path"], {})
+                rows.append(row(weights if e["precision"] == "int8" else "float", e["format"], e["precision"],
+                                runner.embed(ctx.pixels), delegate=runner.delegate or "-", p50=prof.get(e["path"]),
+                                status=rec.get("status", "-"), own=rec.get("parity")))
+        models[name] = info
+        print(format_table(_display([r for r in rows if r["model"] == name]), QAT_COLUMNS, headers=QAT_HEADERS),
+              file=sys.stderr)
+    targets = _qat_targets(rows)
+    result = {"benchmark": "export-qat", "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "host": {"platform": f"{platform.system()} {platform.machine()}", "python": platform.python_version()},
+              "note": args.note, "models": models, "targets": targets, "tools": tool_versions(), "rows": rows}
+    out = Path(args.out)
+    write_json(out / "export-qat.json", result)
+    md = ["# Export benchmark: float vs post-training int8 vs quantization-aware (QAT) int8", "",
+          f"Measured {result['measured_at']} on {result['host']['platform']}. "
+          "Each model's checks use its own validation split (carved from the training data, never trained on). "
+          "PTQ: the float checkpoint through the int8 recipes. QAT: the same recipes on the checkpoint finetuned "
+          "from it with `hetsearch train query --init F --qat int8`. cos min/mean: parity against the model's own "
+          "PyTorch float weights (the export gate; for QAT files the QAT checkpoint's float weights); "
+          "'vs float model': against the float model the QAT started from; 'vs QAT sim': against the "
+          "fake-quantized model QAT trained. "
+          "R@1 Δ: heterogeneous R@1 minus the float model's PyTorch R@1 on the same images, ± paired standard "
+          "error. Latency: local, one thread, p50." + (f" {args.note}" if args.note else ""), ""]
+    for name, m in models.items():
+        t = m["qat_training"]
+        md.append(f"- **{name}** ({m['architecture']}, {m['mmacs']:.2f} MMACs): {m['check_images']} check images, "
+                  f"{m['calib_images']} calibration images; float PyTorch het R@1 {_pct(m['pytorch_r1'])}; QAT: "
+                  f"{t['epochs']} epochs at lr {t['lr']}, consistency weight {t['qat_consistency']}, {t['seconds']} s")
+    md += ["", markdown_table(_display(rows), QAT_COLUMNS, headers=QAT_HEADERS), "",
+           f"Targets (int8 files): parity cos min >= {TARGET_COS_MIN} and R@1 within {TARGET_R1_DROP} point of the "
+           "float PyTorch model; TFLite under XNNPACK.", "",
+           markdown_table(targets, ["model", "format", "weights", "cos_min", "cos_min_met", "r1_delta", "r1_met",
+                                    "delegate"], headers={"cos_min_met": f"cos min >= {TARGET_COS_MIN}",
+                                                          "r1_met": f"R@1 within {TARGET_R1_DROP}"})]
+    (out / "export-qat.md").write_text("\n".join(md) + "\n")
+    print(format_table(_display(rows), QAT_COLUMNS, headers=QAT_HEADERS))
+    print(f"wrote {out / 'export-qat.json'} and {out / 'export-qat.md'}", file=sys.stderr)
+    return 0
+
+
+def _qat_targets(rows: list[dict]) -> list[dict]:
+    """Per int8 file: the issue's targets, met or missed by how much."""
+    out = []
+    for r in rows:
+        if r["precision"] != "int8" or r["format"] == "pytorch":
+            continue
+        cos_gap, r1_gap = r["cos_min"] - TARGET_COS_MIN, r["r1_delta"] + TARGET_R1_DROP
+        out.append({"model": r["model"], "format": r["format"], "weights": r["weights"],
+                    "cos_min": f"{r['cos_min']:.5f}", "r1_delta": f"{r['r1_delta']:+.2f} ± {r['r1_delta_se']:.2f}",
+                    "delegate": r["delegate"],
+                    "cos_min_met": "met" if cos_gap >= 0 else f"missed by {-cos_gap:.4f}",
+                    "r1_met": "met" if r1_gap >= 0 else f"missed by {-r1_gap:.2f}"})
+    return out
+
+
 _DIGITS = {"size_kb": 1, "cos_min": 5, "cos_mean": 5, "max_abs_diff": 4, "r1": 2, "r1_delta": 2, "p50_ms": 4,
-           "vs_paragon": 3}
+           "vs_paragon": 3, "cos_min_vs_sim": 5, "cos_min_vs_float": 5}
 
 
 def _display(rows: list[dict]) -> list[dict]:

@@ -72,21 +72,49 @@ def export_int8_table() -> str:
     return "\n".join(out)
 
 
-def server_table() -> str:
-    """Concurrent client processes against the server and against in-process faiss (server.json)."""
-    d = _load("server.json")
-    conc = {(r["index"], r["clients"], r["mode"]): r for r in d["concurrency"]}
-    out = ["| index (100k) | clients | gRPC QPS | gRPC p50 / p99 (ms) | in-process QPS | gRPC share | errors |",
-           "|---|---|---|---|---|---|---|"]
-    for s in d["concurrency_share"]:
-        g = conc[(s["index"], s["clients"], "gRPC")]
-        i = conc[(s["index"], s["clients"], "in-process")]
-        out.append(f"| {s['index']} | {s['clients']} | {g['qps']:,.0f} | {g['p50_ms']:.2f} / {g['p99_ms']:.1f} | "
-                   f"{i['qps']:,.0f} | {100 * s['grpc_qps_share']:.1f}% | {g['errors']} |")
+def export_qat_table() -> str:
+    """Post-training vs quantization-aware int8 per model and format (export-qat.json)."""
+    d = _load("export-qat.json")
+    by = {(r["model"], r["format"], r["weights"]): r for r in d["rows"] if r["precision"] == "int8"}
+    out = ["| model | format | PTQ cos min | QAT cos min | PTQ R@1 Δ | QAT R@1 Δ | delegate | p50 int8 / fp32 (ms) |",
+           "|---|---|---|---|---|---|---|---|"]
+    fp32 = {(r["model"], r["format"]): r for r in d["rows"] if r["precision"] == "fp32" and r["weights"] == "float"}
+    for name, m in d["models"].items():
+        for fmt in ("onnx", "tflite"):
+            p, q = by.get((name, fmt, "PTQ")), by.get((name, fmt, "QAT"))
+            if p is None or q is None:
+                continue
+            delta = [f"{r['r1_delta']:+.2f} ± {r['r1_delta_se']:.2f}".replace("-", "−") for r in (p, q)]
+            f = fp32.get((name, fmt), {})
+            lat = (f"{q['p50_ms']:.4f} / {f['p50_ms']:.4f}" if q.get("p50_ms") and f.get("p50_ms") else "-")
+            out.append(f"| {name} ({m['mmacs']:.2f} MMACs) | {fmt} | {p['cos_min']:.5f} | {q['cos_min']:.5f} | "
+                       f"{delta[0]} | {delta[1]} | {q['delegate']} | {lat} |")
     return "\n".join(out)
 
 
-BLOCKS = {"nas": nas_table, "export-int8": export_int8_table, "server-concurrency": server_table}
+def server_table() -> str:
+    """Concurrent clients against the server (each ``serve`` mode) and against in-process faiss (server.json):
+    every level with Python client processes, and the h2load rows at the most clients."""
+    d = _load("server.json")
+    conc = {(r["index"], r["clients"], r["mode"]): r for r in d["concurrency"]}
+    most = max(r["clients"] for r in d["concurrency"])
+    out = ["| index (100k) | clients | server processes, clients | gRPC QPS | gRPC p50 / p99 (ms) | in-process QPS | gRPC share "
+           "| errors |", "|---|---|---|---|---|---|---|---|"]
+    for s in d["concurrency_share"]:  # per index and level: 1 process, more, then the same with h2load
+        if s["mode"].endswith("(h2load)") and s["clients"] != most:
+            continue
+        g = conc[(s["index"], s["clients"], s["mode"])]
+        i = conc[(s["index"], s["clients"], "in-process")]
+        procs = int(m.group(1)) if (m := re.search(r"--processes (\d+)", s["mode"])) else 1
+        mode = f"{procs} process{'es' if procs > 1 else ''}, {'h2load' if 'h2load' in s['mode'] else 'Python'}"
+        out.append(f"| {s['index']} | {s['clients']} | {mode} | {g['qps']:,.0f} | "
+                   f"{g['p50_ms']:.2f} / {g['p99_ms']:.1f} | {i['qps']:,.0f} | {100 * s['grpc_qps_share']:.1f}% | "
+                   f"{g['errors']} |")
+    return "\n".join(out)
+
+
+BLOCKS = {"nas": nas_table, "export-int8": export_int8_table, "export-qat": export_qat_table,
+          "server-concurrency": server_table}
 
 
 def render(text: str) -> str:
