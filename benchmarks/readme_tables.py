@@ -93,16 +93,23 @@ def export_qat_table() -> str:
 
 
 def server_table() -> str:
-    """Concurrent client processes against the server and against in-process faiss (server.json)."""
+    """Concurrent clients against the server (each ``serve`` mode) and against in-process faiss (server.json):
+    every level with Python client processes, and the h2load rows at the most clients."""
     d = _load("server.json")
     conc = {(r["index"], r["clients"], r["mode"]): r for r in d["concurrency"]}
-    out = ["| index (100k) | clients | gRPC QPS | gRPC p50 / p99 (ms) | in-process QPS | gRPC share | errors |",
-           "|---|---|---|---|---|---|---|"]
-    for s in d["concurrency_share"]:
-        g = conc[(s["index"], s["clients"], "gRPC")]
+    most = max(r["clients"] for r in d["concurrency"])
+    out = ["| index (100k) | clients | server processes, clients | gRPC QPS | gRPC p50 / p99 (ms) | in-process QPS "
+           "| gRPC share | errors |", "|---|---|---|---|---|---|---|---|"]
+    for s in d["concurrency_share"]:  # per index and level: 1 process, more, then the same with h2load
+        if s["mode"].endswith("(h2load)") and s["clients"] != most:
+            continue
+        g = conc[(s["index"], s["clients"], s["mode"])]
         i = conc[(s["index"], s["clients"], "in-process")]
-        out.append(f"| {s['index']} | {s['clients']} | {g['qps']:,.0f} | {g['p50_ms']:.2f} / {g['p99_ms']:.1f} | "
-                   f"{i['qps']:,.0f} | {100 * s['grpc_qps_share']:.1f}% | {g['errors']} |")
+        procs = int(m.group(1)) if (m := re.search(r"--processes (\d+)", s["mode"])) else 1
+        mode = f"{procs} process{'es' if procs > 1 else ''}, {'h2load' if 'h2load' in s['mode'] else 'Python'}"
+        out.append(f"| {s['index']} | {s['clients']} | {mode} | {g['qps']:,.0f} | "
+                   f"{g['p50_ms']:.2f} / {g['p99_ms']:.1f} | {i['qps']:,.0f} | {100 * s['grpc_qps_share']:.1f}% | "
+                   f"{g['errors']} |")
     return "\n".join(out)
 
 

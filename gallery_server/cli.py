@@ -22,6 +22,7 @@ SERVE_EPILOG = """\
 examples:
   hetsearch serve --data-dir gallery-data --port 50051
   hetsearch serve --data-dir gallery-data --port 0 --port-file server.port --metrics-port 9100
+  hetsearch serve --data-dir gallery-data --processes 2      # read-only, one process per core
   hetsearch serve --data-dir gallery-data --host 0.0.0.0 --token-file tokens.txt \\
       --tls-cert server.crt --tls-key server.key
   hetsearch serve --backend milvus --milvus-uri http://127.0.0.1:19530 --milvus-token-file milvus.token
@@ -83,7 +84,11 @@ def register(sub) -> None:
     p.add_argument("--insecure", action="store_true", help="allow a non-loopback host without tokens")
     p.add_argument("--threads", type=int, default=None,
                    help="faiss OpenMP threads (default 1, measured: see benchmarks/results/server.md)")
-    p.add_argument("--workers", type=int, default=16, help="gRPC worker threads (default 16)")
+    p.add_argument("--workers", type=int, default=16, help="gRPC worker threads per process (default 16)")
+    p.add_argument("--processes", type=int, default=1,
+                   help="server processes sharing the port (SO_REUSEPORT) over a read-only copy of the galleries: "
+                        "more queries/s on several cores, writes refused with FAILED_PRECONDITION (default 1: "
+                        "one process, writes allowed; see benchmarks/results/server.md)")
     p.add_argument("--max-message-mb", type=float, default=64, help="max request/response size (default 64 MiB)")
     p.add_argument("--snapshot-every-mb", type=float, default=1024,
                    help="snapshot a gallery once its write-ahead log exceeds this (0: only on request)")
@@ -135,25 +140,36 @@ def cmd_serve(args) -> int:
         tokens=tokens, tls_cert=args.tls_cert, tls_key=args.tls_key, metrics_port=args.metrics_port,
         omp_threads=args.threads or DEFAULT_OMP_THREADS, workers=args.workers,
         max_message_bytes=int(args.max_message_mb * 1024 * 1024), grace_s=args.grace,
-        auto_snapshot_bytes=int(args.snapshot_every_mb * 1024 * 1024))
-    server = GalleryServer(config)
+        auto_snapshot_bytes=int(args.snapshot_every_mb * 1024 * 1024), processes=args.processes)
     stop = threading.Event()
 
     def on_signal(signum, frame):
         logging.getLogger("hetsearch.gallery_server").info("event=signal signal=%s", signal.Signals(signum).name)
         stop.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    try:
-        port = server.start(load=False)
-        server.load()
+    def serving(port: int) -> None:
         if args.port_file:
             tmp = f"{args.port_file}.tmp"
             with open(tmp, "w") as f:
                 f.write(f"{port}\n")
             os.replace(tmp, args.port_file)
-        print(f"hetsearch serve: listening on {args.host}:{port}", file=sys.stderr, flush=True)
+        more = f" ({args.processes} processes, read-only)" if args.processes > 1 else ""
+        print(f"hetsearch serve: listening on {args.host}:{port}{more}", file=sys.stderr, flush=True)
+
+    supervisor = None
+    if args.processes != 1:
+        from .processes import Supervisor
+
+        supervisor = Supervisor(config, stop)  # refuses settings several processes cannot honour
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    if supervisor is not None:
+        return supervisor.run(serving)
+    server = GalleryServer(config)
+    try:
+        port = server.start(load=False)
+        server.load()
+        serving(port)
         while not stop.wait(1.0):
             pass
     finally:

@@ -53,6 +53,13 @@ class DeadlineExceeded(StoreError):
     kind = "deadline_exceeded"
 
 
+class ReadOnly(StoreError):
+    """A write to a server that serves a read-only copy of its galleries (``serve --processes N``)."""
+
+    code = "FAILED_PRECONDITION"
+    kind = "read_only"
+
+
 class DataDirInUse(StoreError):
     code = "UNAVAILABLE"
     kind = "data_dir_in_use"

@@ -88,6 +88,8 @@ class ServerConfig:
     milvus_db: str = ""  # Milvus database ("": its default)
     milvus_timeout_s: float = 10.0  # per Milvus call, within the request's own deadline
     backend_probe_s: float = 5.0  # a remote backend (Milvus) is probed this often; health follows it
+    processes: int = 1  # >1: that many server processes share the port over a read-only copy (processes.py)
+    reuse_port: bool = False  # SO_REUSEPORT: set by the multi-process supervisor for its workers only
 
 
 def make_store(c: ServerConfig) -> StoreBase:
@@ -108,14 +110,19 @@ def make_store(c: ServerConfig) -> StoreBase:
 
 
 class GalleryServer:
-    def __init__(self, config: ServerConfig):
+    """``store``: an already opened and loaded store (a worker of ``serve --processes``); ``read_only``: when
+    given, every write is refused with FAILED_PRECONDITION and this message."""
+
+    def __init__(self, config: ServerConfig, store: StoreBase | None = None, read_only: str = ""):
         self.config = config
-        self.store = make_store(config)
+        self._own_store = store is None
+        self.store = make_store(config) if store is None else store
         self.metrics = Metrics(self.store)
         self.health = health.HealthServicer()
         self.servicer = GalleryServicer(self.store, self.metrics, max_batch_queries=config.max_batch_queries,
                                         max_upsert_vectors=config.max_upsert_vectors,
                                         max_batch_results=config.max_batch_results)
+        self.servicer.read_only = read_only
         self.grpc_server = None
         self.port: int | None = None
         self.metrics_port: int | None = None
@@ -145,11 +152,14 @@ class GalleryServer:
         if c.backend == "faiss":
             set_faiss_threads(c.omp_threads)
         creds = self._credentials()
-        self.store.open()
+        if self._own_store:
+            self.store.open()
         options = [
             ("grpc.max_receive_message_length", int(c.max_message_bytes)),
             ("grpc.max_send_message_length", int(c.max_message_bytes)),
-            ("grpc.so_reuseport", 0),
+            # off unless several processes of one server share the port: a second server on a port in use
+            # must fail to start, not silently take half of the connections
+            ("grpc.so_reuseport", 1 if c.reuse_port else 0),
         ]
         interceptors = [AuthInterceptor(c.tokens, self.metrics)] if c.tokens.enabled else []
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=c.workers, thread_name_prefix="rpc"),
@@ -163,7 +173,8 @@ class GalleryServer:
         try:
             port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
         except RuntimeError as exc:
-            self.store.close()
+            if self._own_store:
+                self.store.close()
             raise DataError(f"cannot listen on {address}: {exc}") from None
         self._set_health(False)
         server.start()
@@ -178,7 +189,8 @@ class GalleryServer:
 
     def load(self) -> None:
         t0 = time.perf_counter()
-        self.store.load_all()
+        if self._own_store:  # a given store comes loaded
+            self.store.load_all()
         self.servicer.serving = True
         self._set_health(True)
         try:
@@ -187,7 +199,8 @@ class GalleryServer:
             log.error(event("store_unavailable", backend=self.store.backend, error=exc))
             infos, listed = [], False
         log.info(event("serving", galleries=len(infos), unavailable=sum(i.state != "READY" for i in infos),
-                       vectors=sum(i.vector_count for i in infos), seconds=round(time.perf_counter() - t0, 3)))
+                       vectors=sum(i.vector_count for i in infos), read_only=bool(self.servicer.read_only),
+                       pid=os.getpid(), seconds=round(time.perf_counter() - t0, 3)))
         if self.store.backend != "faiss" and self.config.backend_probe_s > 0:
             self._backend_up = listed  # the listing above was the first probe
             self._set_health(self._backend_up)
@@ -227,7 +240,8 @@ class GalleryServer:
         if self.grpc_server is not None:
             self.grpc_server.stop(grace).wait()
         self.servicer.serving = False
-        self.store.close()
+        if self._own_store:  # a given store belongs to whoever loaded it
+            self.store.close()
         self.metrics.stop()
         log.info(event("stopped"))
 

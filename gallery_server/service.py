@@ -20,7 +20,8 @@ from hetsearch.v1 import gallery_pb2 as pb
 from hetsearch.v1 import gallery_pb2_grpc as pb_grpc
 
 from .backend import GalleryInfo, StoreBase
-from .errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, SpaceMismatch, StoreError, Unavailable
+from .errors import (DeadlineExceeded, InvalidArgument, ReadOnly, ResourceExhausted, SpaceMismatch, StoreError,
+                     Unavailable)
 from .logfmt import event
 
 log = logging.getLogger("hetsearch.gallery_server.service")
@@ -40,7 +41,7 @@ def _deadline(context) -> float | None:
     return time.monotonic() + remaining
 
 
-def _rpc(fn):
+def _rpc(fn, writes: bool = False):
     method = fn.__name__
 
     @functools.wraps(fn)
@@ -50,6 +51,8 @@ def _rpc(fn):
         try:
             if not self.serving:
                 raise Unavailable("server is starting or shutting down; retry shortly")
+            if writes and self.read_only:
+                raise ReadOnly(self.read_only)
             return fn(self, request, context, _deadline(context))
         except StoreError as exc:
             code = exc.code
@@ -73,6 +76,11 @@ def _rpc(fn):
             self.metrics.observe(method, code, time.perf_counter() - t0)
 
     return wrapper
+
+
+def _write_rpc(fn):
+    """A handler that changes galleries: refused (FAILED_PRECONDITION) while the servicer is read-only."""
+    return _rpc(fn, writes=True)
 
 
 def _params(p) -> dict:
@@ -111,9 +119,10 @@ class GalleryServicer(pb_grpc.GalleryServiceServicer):
         self.max_batch_results = max_batch_results
         self.max_upsert_vectors = max_upsert_vectors
         self.serving = False
+        self.read_only = ""  # when set: why writes are refused (the status message of every write)
 
     # ------------------------------------------------------------- galleries
-    @_rpc
+    @_write_rpc
     def CreateGallery(self, request, context, deadline):
         info = self.store.create_gallery(
             request.name, request.space_id, dim=request.dim, metric=request.metric or "cosine",
@@ -129,13 +138,13 @@ class GalleryServicer(pb_grpc.GalleryServiceServicer):
     def DescribeGallery(self, request, context, deadline):
         return gallery_message(self.store.get(request.name).info())
 
-    @_rpc
+    @_write_rpc
     def DropGallery(self, request, context, deadline):
         self.store.drop_gallery(request.name)
         return pb.DropGalleryResponse()
 
     # ------------------------------------------------------------- writes
-    @_rpc
+    @_write_rpc
     def Upsert(self, request, context, deadline):
         g = self.store.get(request.gallery)
         n = len(request.ids)
@@ -150,14 +159,14 @@ class GalleryServicer(pb_grpc.GalleryServiceServicer):
         # within one request the last occurrence of an id wins: count ids, not occurrences
         return pb.UpsertResponse(upserted=len(np.unique(ids)), vector_count=count, seq=seq)
 
-    @_rpc
+    @_write_rpc
     def Delete(self, request, context, deadline):
         g = self.store.get(request.gallery)
         ids = np.fromiter(request.ids, dtype=np.int64, count=len(request.ids))
         seq, deleted, count = g.delete(ids, deadline=deadline)
         return pb.DeleteResponse(deleted=deleted, not_found=len(np.unique(ids)) - deleted, vector_count=count, seq=seq)
 
-    @_rpc
+    @_write_rpc
     def Snapshot(self, request, context, deadline):
         done = self.store.snapshot(request.gallery or None, compact=request.compact, deadline=deadline)
         return pb.SnapshotResponse(snapshots=[pb.SnapshotInfo(**d) for d in done])
