@@ -61,18 +61,11 @@ from . import checks as ck
 
 log = logging.getLogger("hetsearch.export")
 
-EXTENSIONS = {"onnx": ".onnx", "tflite": ".tflite", "coreml": ".mlpackage", "mediapipe": "-mediapipe.tflite"}
-RUNTIMES = {"onnx": "onnxruntime", "tflite": "litert", "coreml": "coreml", "mediapipe": "mediapipe"}
 COREML_TARGET = "iOS16"
 MAX_CALIB_IMAGES = 1000
 TOOL_PACKAGES = ("torch", "onnx", "onnxscript", "onnxruntime", "litert-torch", "ai-edge-litert",
                  "ai-edge-quantizer", "coremltools", "numpy")
-_OUR_FILE = re.compile(rf"^model-({'|'.join(mf.PRECISIONS)})(-mediapipe)?\.(onnx|tflite|mlpackage)$")
 _OUR_PROFILE = re.compile(r"^profile-[A-Za-z0-9_.-]+\.(json|md)$")  # hetsearch profile's reports in a bundle
-
-
-def file_name(fmt: str, precision: str) -> str:
-    return f"model-{precision}{EXTENSIONS[fmt]}"
 
 
 def tool_versions() -> dict:
@@ -541,7 +534,7 @@ def export_bundle(checkpoint, out_dir, formats=("onnx", "tflite", "coreml"), pre
 
     out.mkdir(parents=True, exist_ok=True)
     for old in out.iterdir():  # files of a previous export (and their latency profiles) this one may not rewrite
-        if _OUR_FILE.match(old.name) or _OUR_PROFILE.match(old.name):
+        if mf.FILE_NAME_RE.match(old.name) or _OUR_PROFILE.match(old.name):
             shutil.rmtree(old) if old.is_dir() else old.unlink()
 
     files, failures, results = [], [], {}
@@ -552,7 +545,7 @@ def export_bundle(checkpoint, out_dir, formats=("onnx", "tflite", "coreml"), pre
         conv = _Converter(model, out, Path(work), calib, threads=threads)
         for fmt in formats:
             for prec in precisions:
-                name = file_name(fmt, prec)
+                name = mf.file_name(fmt, prec)
                 path = out / name
                 t0 = time.perf_counter()
                 chatter: list = []
@@ -568,7 +561,7 @@ def export_bundle(checkpoint, out_dir, formats=("onnx", "tflite", "coreml"), pre
                     log.debug("converter output for %s %s:\n%s", fmt, prec, "".join(chatter))
                     continue
                 entry = {"path": name, "format": fmt, "precision": prec, "sha256": mf.sha256_path(path),
-                         "bytes": mf.size_path(path), "runtime": RUNTIMES[fmt], "layout": "NCHW",
+                         "bytes": mf.size_path(path), "runtime": mf.FORMAT_RULES[fmt].runtime, "layout": "NCHW",
                          "input_name": "pixels", "output_name": "embedding",
                          "export_seconds": round(time.perf_counter() - t0, 2), **extra}
                 if prec == "int8" and fmt in ("onnx", "tflite"):

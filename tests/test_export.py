@@ -256,6 +256,91 @@ def test_validation_problems_catch_broken_manifests(bundle):
     assert schema_problems(broken(lambda m: m["failures"].append({"format": "onnx", "precision": "int8"})))
 
 
+def test_json_schema_and_validation_come_from_the_same_declarations(bundle):
+    """One declaration (hetsearch.manifest's parts) gives the reader's checks, the exporter's strict checks and the
+    JSON Schema: they agree on a real bundle, on every required key and enum, and on broken manifests."""
+    import dataclasses
+
+    from hetsearch.export.manifest_schema import MANIFEST_SCHEMA, schema_problems
+
+    out, manifest = bundle
+    good = json.loads((out / mf.MANIFEST_NAME).read_text())
+    assert MANIFEST_SCHEMA == mf.json_schema()
+    assert mf.validation_problems(good) == mf.validation_problems(good, strict=True) == schema_problems(good) == []
+    typed = mf.Manifest.from_dict(good)
+    assert list(typed.to_dict().items()) == list(good.items())  # exact, key order included
+    assert json.dumps(typed.to_dict(), indent=2) + "\n" == (out / mf.MANIFEST_NAME).read_text()
+    assert (typed.input.height, typed.output.dim, typed.file("model-int8.onnx").precision) == (28, 128, "int8")
+    assert typed.checks["model-fp32.onnx"].parity.status == "passed"
+
+    def broken(edit):
+        m = json.loads(json.dumps(good))
+        edit(m)
+        return m
+
+    def walk(cls, schema, at, where):
+        """Every declared field against its schema node; dropping each required key fails where it should."""
+        assert schema["required"] == [f.name for f in dataclasses.fields(cls) if f.metadata.get("need")]
+        for f in dataclasses.fields(cls):
+            meta = f.metadata
+            if meta.get("extra"):
+                continue
+            node = schema["properties"][f.name]
+            enum = {**meta["common"], **meta["strict"]}.get("enum")
+            if enum:
+                assert node == {"enum": list(enum)}, f.name
+            if meta["need"] and where is not None and f.name in at(good):
+                m = broken(lambda m: at(m).pop(f.name))
+                reader, strict = mf.validation_problems(m), mf.validation_problems(m, strict=True)
+                assert f"{where}: missing key {f.name!r}" in strict, (f.name, strict)
+                assert (f"{where}: missing key {f.name!r}" in reader) == (meta["need"] == mf.READ), (f.name, reader)
+                assert any(f"'{f.name}' is a required property" in p for p in schema_problems(m)), f.name
+
+    walk(mf.Manifest, MANIFEST_SCHEMA, lambda m: m, "manifest")
+    walk(mf.InputSpec, MANIFEST_SCHEMA["properties"]["input"], lambda m: m["input"], "manifest.input")
+    walk(mf.OutputSpec, MANIFEST_SCHEMA["properties"]["output"], lambda m: m["output"], "manifest.output")
+    walk(mf.FileEntry, MANIFEST_SCHEMA["properties"]["files"]["items"], lambda m: m["files"][0], "manifest.files[0]")
+    walk(mf.CheckEntry, MANIFEST_SCHEMA["properties"]["checks"]["additionalProperties"],
+         lambda m: m["checks"]["model-fp32.onnx"], "manifest.checks['model-fp32.onnx']")
+    walk(mf.Architecture, MANIFEST_SCHEMA["properties"]["architecture"], lambda m: m["architecture"],
+         "manifest.architecture")
+    assert {r["if"]["properties"]["format"]["const"] for r in MANIFEST_SCHEMA["properties"]["files"]["items"]["allOf"]
+            } == set(mf.FORMATS)
+
+    # broken manifests: (edit, where the reader / strict check says it, where the JSON Schema says it);
+    # a None reader location: readers do not need it, the exporter's contract (strict, schema) does
+    cases = [
+        (lambda m: m["files"][0].update(sha256="abc"), "manifest.files[0].sha256", "files/0/sha256"),
+        (lambda m: m["files"][0].update(format="pb"), "manifest.files[0].format", "files/0/format"),
+        (lambda m: m["input"].update(height=0), "manifest.input.height", "input/height"),
+        (lambda m: m["input"].update(channels=2), "manifest.input.channels", "input/channels"),
+        (lambda m: m["output"].update(dim="128"), "manifest.output.dim", "output/dim"),
+        (lambda m: m.update(space_id="gallery-v1"), "manifest.space_id", "space_id"),
+        (lambda m: m.update(schema_version=2), "manifest.schema_version", "schema_version"),
+        (lambda m: m.update(architecture=[]), "manifest.architecture", "architecture"),
+        (lambda m: m["input"].update(dtype="uint8"), None, "input/dtype"),
+        (lambda m: m["output"].update(l2_normalized=False), None, "output/l2_normalized"),
+        (lambda m: m["files"][0].update(path="weights.onnx"), None, "files/0/path"),
+        (lambda m: m["files"][0].update(runtime="litert"), None, "files/0/runtime"),
+        (lambda m: m["files"][0].pop("opset"), None, "files/0"),
+        (lambda m: m["files"][0].update(int8_training="later"), None, "files/0/int8_training"),
+        (lambda m: m["checks"]["model-fp32.onnx"].update(status="meh"), None, "checks/model-fp32.onnx/status"),
+        (lambda m: m["checks"]["model-fp32.onnx"]["parity"].update(cos_min="high"), None,
+         "checks/model-fp32.onnx/parity/cos_min"),
+        (lambda m: m["tools"].pop("onnx"), None, "tools"),
+        (lambda m: m["failures"].append({"format": "onnx", "precision": "int8"}), None, "failures/0"),
+        (lambda m: m["source"].update(weights_sha256="xyz"), None, "source/weights_sha256"),
+    ]
+    for edit, where, schema_where in cases:
+        m = broken(edit)
+        reader, strict, schema = mf.validation_problems(m), mf.validation_problems(m, strict=True), schema_problems(m)
+        assert any(p.startswith(schema_where + ":") for p in schema), (schema_where, schema)
+        expected = where or "manifest." + schema_where.replace("/", ".").replace(".0", "[0]").replace(
+            ".model-fp32.onnx", "['model-fp32.onnx']")
+        assert any(p.startswith(expected) for p in strict), (expected, strict)
+        assert any(p.startswith(expected) for p in reader) if where else reader == [], (where, reader)
+
+
 # ----------------------------------------------------------------------------- the compatibility gate
 
 
