@@ -20,6 +20,7 @@ checkpoint was trained with the same settings on the same architecture. Writes O
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import statistics
 import sys
@@ -63,8 +64,8 @@ def _same_training(meta: dict, arch: dict, want: dict) -> bool:
 
 def _full_finetunes(args, ctx, seed: int, budget: float) -> list[dict]:
     """Every finalist of one seed and budget (both methods), finetuned in full; reused when already done."""
-    from hetsearch.cmpnas.checkpoint import load_checkpoint
     from hetsearch.cmpnas.nas.search import finetune_subnet
+    from hetsearch.cmpnas.nas.space import arch_key
     from hetsearch.cmpnas.train import TrainConfig
 
     want = {"epochs": args.epochs, "lr": args.finetune_lr, "warmup_epochs": 0.2, "seed": seed,
@@ -76,9 +77,11 @@ def _full_finetunes(args, ctx, seed: int, budget: float) -> list[dict]:
         if not rr.exists():
             raise HetsearchError(f"{rr} is missing: run bench_nas with --rerank for seed {seed} first")
         rerank = json.loads(rr.read_text())
-        chosen = rerank["winner"]["dir"]
+        chosen = arch_key(rerank["winner"]["arch"])
         for f in rerank["finalists"]:
-            d = seed_dir / f"full-{tag}{budget:g}" / f["dir"]
+            # named by arch as rerank names them (records of older runs carry no "dir")
+            name = f"finalist-{hashlib.sha1(arch_key(f['arch']).encode()).hexdigest()[:10]}"
+            d = seed_dir / f"full-{tag}{budget:g}" / name
             meta_path = d / "meta.json"
             t = time.time()
             if (d / "checkpoint.pt").exists() and _same_training(json.loads(meta_path.read_text()), f["arch"], want):
@@ -88,10 +91,11 @@ def _full_finetunes(args, ctx, seed: int, budget: float) -> list[dict]:
                 cfg = TrainConfig(threads=args.threads, **want)
                 meta = finetune_subnet(ctx["train"], args.supernet, {"arch": f["arch"]}, ctx["gallery"], d, cfg,
                                        progress=not args.no_progress).meta
-                print(f"seed {seed} {budget:g} {method} {f['dir']}: {time.time() - t:.0f} s", flush=True)
-            rows.append({"seed": seed, "budget": budget, "method": method, "dir": f["dir"], "mmacs": f["mmacs"],
+                print(f"seed {seed} {budget:g} {method} {name}: {time.time() - t:.0f} s", flush=True)
+            rows.append({"seed": seed, "budget": budget, "method": method, "dir": name, "mmacs": f["mmacs"],
                          "inherited_r1": f["reward"], "short_r1": f["short_r1"],
-                         "full_r1": float(meta["metrics"]["val_heterogeneous_r1"]), "chosen": f["dir"] == chosen})
+                         "full_r1": float(meta["metrics"]["val_heterogeneous_r1"]),
+                         "chosen": arch_key(f["arch"]) == chosen})
     return rows
 
 
@@ -113,6 +117,8 @@ def summarise(rows: list[dict], work: Path, compat: str) -> list[dict]:
         evo = [r["full_r1"] for r in grp if r["method"] == "evolution"]
         rnd = [r["full_r1"] for r in grp if r["method"] == "random"]
         picks = {m: next(r["full_r1"] for r in grp if r["method"] == m and r["chosen"]) for m in ("evolution", "random")}
+        by_inherited = {m: max((r for r in grp if r["method"] == m), key=lambda r: r["inherited_r1"])["full_r1"]
+                        for m in ("evolution", "random")}
         hand = _hand_r1(work, seed, budget, compat)
         out.append({
             "seed": seed, "budget": budget, "finalists": len(grp),
@@ -121,7 +127,9 @@ def summarise(rows: list[dict], work: Path, compat: str) -> list[dict]:
             "tau_mmacs_full": kendall_tau([r["mmacs"] for r in grp], full),
             "full_min": min(full), "full_max": max(full),
             "evolution_mean": statistics.fmean(evo), "random_mean": statistics.fmean(rnd),
-            "evolution_pick": picks["evolution"], "random_pick": picks["random"], "oracle": max(full),
+            "evolution_pick": picks["evolution"], "random_pick": picks["random"],
+            "evolution_by_inherited": by_inherited["evolution"], "random_by_inherited": by_inherited["random"],
+            "oracle": max(full),
             "hand": hand, "oracle_minus_hand": None if hand is None else max(full) - hand,
         })
     return out
@@ -166,7 +174,9 @@ def write_report(out: Path, settings: dict, rows: list[dict], summary: list[dict
         f"searched rows) from supernet `{settings['supernet']}`. **Validation split only** (6,000 images carved from "
         "the training data by the seed; one R@1 there has a binomial standard error of about 0.4 points). `hand`: "
         "the hand-designed preset with the compatibility loss, trained by bench_nas on the same split. τ: Kendall's "
-        "τ-b over all finalists of a budget and seed.", "",
+        "τ-b over all finalists of a budget and seed. `*_pick`: the finalist the one-epoch re-rank chose; "
+        "`*_by_inherited`: the finalist with the best inherited-weight reward; `oracle`: the best finalist of both "
+        "methods after the full finetune.", "",
         markdown_table(summary), "",
         "## Finalists", "",
         markdown_table(rows, digits=3), "",
