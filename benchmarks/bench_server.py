@@ -93,6 +93,10 @@ def concurrency(index_path: Path, servers: list[tuple[str, str, int]], space: st
     from .loadgen import run_h2load, run_load
 
     rows = []
+    if h2load and shutil.which("h2load") is None:
+        print("note: h2load is not installed, so the (h2load) rows are left out "
+              "(Debian: apt-get install nghttp2-client; --no-h2load says you meant to)", file=sys.stderr, flush=True)
+        h2load = False
     bodies = {address: h2load_request(address, space, queries[0]) for _, address, _ in servers} if h2load else {}
     for level, n in enumerate(client_counts):
         runs = [("in-process", "faiss", {"index_path": str(index_path), "ef_search": EF_SEARCH}, None)]
