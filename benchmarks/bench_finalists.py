@@ -141,9 +141,12 @@ def plot(path: Path, rows: list[dict], summary: list[dict]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = [(s["seed"], s["budget"]) for s in summary]
-    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 4), squeeze=False)
-    for ax, (seed, budget), s in zip(axes[0], groups, summary):
+    budgets = sorted({s["budget"] for s in summary}, reverse=True)
+    seeds = sorted({s["seed"] for s in summary})
+    fig, axes = plt.subplots(len(budgets), len(seeds), figsize=(4.2 * len(seeds), 3.6 * len(budgets)), squeeze=False)
+    for s in summary:  # one row per budget, one column per seed
+        seed, budget = s["seed"], s["budget"]
+        ax = axes[budgets.index(budget)][seeds.index(seed)]
         for method, colour in (("evolution", "tab:blue"), ("random", "tab:orange")):
             pts = [r for r in rows if r["seed"] == seed and r["budget"] == budget and r["method"] == method]
             ax.scatter([r["short_r1"] for r in pts], [r["full_r1"] for r in pts], c=colour, label=method)
