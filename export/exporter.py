@@ -266,6 +266,13 @@ class _Converter:
     # 0.997 with the whole body in int8. Then escalation: if parity with the fp32 file on calibration images held
     # out from calibration misses the int8 parity thresholds, more of the graph stays float (found by shape).
     INT8_LEVELS = (("int8 body", None), ("the 4x4 and smaller stages", 16), ("the 7x7 and smaller stages", 49))
+    # The held-out probe is a quarter of the calibration images (50 of 200), while the gate takes the minimum
+    # over thousands of check images, whose worst one sits much lower: a fresh demo's mbv3-small had probe cos
+    # min 0.970 with the whole body int8 and then failed the gate on 2,000 images (0.895 < 0.90). So a level is
+    # kept only when its probe reaches 0.98 (the floor + PROBE_MARGIN, the parity target); that model
+    # then keeps its 7x7-and-smaller stages float and passes (0.910 on 2,000 images). ``met`` in the manifest
+    # is still judged at the floor itself.
+    PROBE_MARGIN = 0.08
 
     def _tflite_int8(self, base: Path) -> tuple[bytes, dict]:
         from ai_edge_quantizer import calibrator, qtyping, quantizer, recipe_manager
@@ -314,7 +321,7 @@ class _Converter:
             stats = ck.parity_stats(reference, _sdk_embed(candidate, probe))
             tried.append({"float": label, "cos_min": round(stats["cos_min"], 5), "cos_mean": round(stats["cos_mean"], 5),
                           "float_tensors": len(small)})
-            if stats["cos_min"] >= target["cos_min"] and stats["cos_mean"] >= target["cos_mean"]:
+            if stats["cos_min"] >= target["cos_min"] + self.PROBE_MARGIN and stats["cos_mean"] >= target["cos_mean"]:
                 break
         kept = "" if len(tried) == 1 else f", {label} ({len(small)} tensors)"
         extra = {"quantization": f"static int8 (ai-edge-quantizer): int8 per-channel weights, int8 activations "
