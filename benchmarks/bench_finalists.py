@@ -20,7 +20,6 @@ checkpoint was trained with the same settings on the same architecture. Writes O
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import statistics
 import sys
@@ -28,8 +27,6 @@ import time
 from pathlib import Path
 
 from hetsearch.errors import HetsearchError
-
-HAND = {1.299: "mbv3-large", 0.401: "mbv3-small", 0.126: "mbv3-tiny"}  # bench_nas's default budgets
 
 
 def parse_args(argv=None):
@@ -49,27 +46,32 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="benchmarks/results/nas-finalists")
     p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(max_train_samples=None, max_val_samples=None)  # bench_nas's full settings (for its _ft_cfg)
     return p.parse_args(argv)
 
 
-def _same_training(meta: dict, arch: dict, want: dict) -> bool:
+COMPARED = ("epochs", "lr", "warmup_epochs", "seed", "max_train_samples", "max_val_samples", "compat")
+
+
+def _same_training(meta: dict, arch: dict, cfg) -> bool:
     from hetsearch.cmpnas.nas.space import arch_key
 
-    cfg = meta.get("train_config", {})
+    trained_cfg = meta.get("train_config", {})
     trained = meta.get("nas", {}).get("arch")
-    finished = len(meta.get("metrics", {}).get("history", [])) == want["epochs"]  # not a run stopped half-way
+    finished = len(meta.get("metrics", {}).get("history", [])) == cfg.epochs  # not a run stopped half-way
     return (finished and trained is not None and arch_key(trained) == arch_key(arch)
-            and all(cfg.get(k) == v for k, v in want.items()))
+            and all(trained_cfg.get(k) == getattr(cfg, k) for k in COMPARED))
 
 
 def _full_finetunes(args, ctx, seed: int, budget: float) -> list[dict]:
     """Every finalist of one seed and budget (both methods), finetuned in full; reused when already done."""
+    from hetsearch.cmpnas.nas.rerank import finalist_dir
     from hetsearch.cmpnas.nas.search import finetune_subnet
     from hetsearch.cmpnas.nas.space import arch_key
-    from hetsearch.cmpnas.train import TrainConfig
 
-    want = {"epochs": args.epochs, "lr": args.finetune_lr, "warmup_epochs": 0.2, "seed": seed,
-            "max_train_samples": None, "max_val_samples": None, "compat": ctx["compat"]}
+    from .bench_nas import _ft_cfg
+
+    cfg = _ft_cfg(args, seed, ctx)  # bench_nas's own finetune settings for its searched rows
     rows = []
     seed_dir = Path(args.work) / f"seed-{seed}"
     for method, tag in (("evolution", ""), ("random", "random-")):
@@ -79,16 +81,13 @@ def _full_finetunes(args, ctx, seed: int, budget: float) -> list[dict]:
         rerank = json.loads(rr.read_text())
         chosen = arch_key(rerank["winner"]["arch"])
         for f in rerank["finalists"]:
-            # named by arch as rerank names them (records of older runs carry no "dir")
-            name = f"finalist-{hashlib.sha1(arch_key(f['arch']).encode()).hexdigest()[:10]}"
+            name = finalist_dir(f["arch"])  # records of older re-rank runs carry no "dir"
             d = seed_dir / f"full-{tag}{budget:g}" / name
-            meta_path = d / "meta.json"
             t = time.time()
-            if (d / "checkpoint.pt").exists() and _same_training(json.loads(meta_path.read_text()), f["arch"], want):
-                meta = json.loads(meta_path.read_text())
+            meta = json.loads((d / "meta.json").read_text()) if (d / "checkpoint.pt").exists() else None
+            if meta is not None and _same_training(meta, f["arch"], cfg):
                 print(f"reusing {d}", flush=True)
             else:
-                cfg = TrainConfig(threads=args.threads, **want)
                 meta = finetune_subnet(ctx["train"], args.supernet, {"arch": f["arch"]}, ctx["gallery"], d, cfg,
                                        progress=not args.no_progress).meta
                 print(f"seed {seed} {budget:g} {method} {name}: {time.time() - t:.0f} s", flush=True)
@@ -100,7 +99,9 @@ def _full_finetunes(args, ctx, seed: int, budget: float) -> list[dict]:
 
 
 def _hand_r1(work: Path, seed: int, budget: float, compat: str) -> float | None:
-    name = HAND.get(budget)
+    from .bench_nas import preset_budgets
+
+    name = next((n for n, b in preset_budgets()[1].items() if b == budget), None)
     p = work / f"seed-{seed}" / f"{name}-{compat}" / "meta.json"
     if not name or not p.exists():
         return None
@@ -205,7 +206,10 @@ def main(argv=None) -> int:
     work = Path(args.work)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    settings = {"epochs": args.epochs, "finetune_lr": args.finetune_lr, "warmup_epochs": 0.2,
+    from .bench_nas import _ft_cfg
+
+    settings = {"epochs": args.epochs, "finetune_lr": args.finetune_lr,
+                "warmup_epochs": _ft_cfg(args, 0, {"compat": DEFAULT_COMPAT}).warmup_epochs,
                 "supernet": Path(args.supernet).name, "work": work.as_posix(), "split": "validation"}
     rows: list[dict] = []
     try:

@@ -284,16 +284,24 @@ def aggregate(rows: list[dict], paragon_r1: float, paragon_mmacs: float) -> list
     return out
 
 
+def preset_budgets() -> tuple[dict, dict]:
+    """The hand-designed query presets' MMACs, and the default budget matched to each: its MMACs rounded up to
+    3 decimals (a subnet within it is "matched")."""
+    from hetsearch.cmpnas.flops import count_macs
+    from hetsearch.cmpnas.models import QUERY_PRESETS, build_model
+
+    presets = {name: count_macs(build_model(name)) / 1e6 for name in QUERY_PRESETS}
+    return presets, {n: math.ceil(m * 1000) / 1000 for n, m in presets.items()}
+
+
 def run(args) -> dict:
     import torch
 
     from hetsearch.cmpnas.checkpoint import load_checkpoint
     from hetsearch.cmpnas.data import load_data, stratified_sample
     from hetsearch.cmpnas.embed import embed
-    from hetsearch.cmpnas.flops import count_macs
     from hetsearch.cmpnas.losses import DEFAULT_COMPAT
     from hetsearch.cmpnas.metrics import recall_at_1
-    from hetsearch.cmpnas.models import QUERY_PRESETS, build_model
     from hetsearch.cmpnas.nas.train import train_supernet
     from hetsearch.cmpnas.train import TrainConfig, set_threads
     from hetsearch.report import format_table, markdown_table, write_json
@@ -313,9 +321,7 @@ def run(args) -> dict:
     g_test = embed(gck.model, test, progress="embed test (gallery)" if not args.no_progress else False)
     paragon_r1 = recall_at_1(g_test, g_test, test.labels)
     paragon_mmacs = gck.macs / 1e6
-    presets = {name: count_macs(build_model(name)) / 1e6 for name in QUERY_PRESETS}
-    # default budgets: each preset's MMACs, rounded up to 3 decimals (a subnet within it is "matched")
-    budget_of = {n: math.ceil(m * 1000) / 1000 for n, m in presets.items()}
+    presets, budget_of = preset_budgets()
     budgets = [float(b) for b in args.budgets.split(",")] if args.budgets else sorted(budget_of.values())
     sn = Path(args.supernet) if args.supernet else work / "supernet"
     if args.hand_only:

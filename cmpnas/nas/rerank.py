@@ -67,6 +67,11 @@ def finalists(evaluated: list[dict], budget: float, k: int, floor: float = 0.0) 
     return out
 
 
+def finalist_dir(arch: dict) -> str:
+    """The folder a finalist's finetune goes to, named by its architecture."""
+    return f"finalist-{hashlib.sha1(arch_key(arch).encode()).hexdigest()[:10]}"
+
+
 def rerank(data, supernet_dir: str | os.PathLike, gallery, candidates: list[dict], out: str | os.PathLike, cfg, *,
            calib_images: int = 500, progress: bool = True) -> dict:
     """Finetune each candidate for ``cfg.epochs`` and keep the best by validation heterogeneous R@1.
@@ -93,7 +98,7 @@ def rerank(data, supernet_dir: str | os.PathLike, gallery, candidates: list[dict
             rows.append(done[key])
             continue
         t = time.time()
-        d = f"finalist-{hashlib.sha1(key.encode()).hexdigest()[:10]}"  # by arch: a re-run may reorder them
+        d = finalist_dir(c["arch"])  # by arch: a re-run may reorder them
         ck = finetune_subnet(data, supernet_dir, {"arch": c["arch"]}, gallery, out / d, cfg,
                              calib_images=calib_images, progress=progress)
         last = ck.meta["metrics"]["history"][-1]
