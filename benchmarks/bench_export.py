@@ -37,7 +37,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 from hetsearch.report import format_table, markdown_table, write_json
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -25,7 +24,7 @@ import time
 from pathlib import Path
 
 from .errors import HetsearchError
-from .report import format_table, markdown_table, read_json, write_json
+from .report import read_json, write_json
 
 FULL = {
     "gallery": {"arch": "resnet-gallery", "epochs": 4, "max_train_samples": None},

@@ -22,7 +22,6 @@ finished device whose digest (device entry + supernet + gallery + settings) is u
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -31,7 +30,7 @@ import shutil
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 

@@ -348,7 +348,7 @@ def test_json_schema_and_validation_come_from_the_same_declarations(bundle):
 def untrained_bundle(tmp_path_factory, data, pair):
     """An untrained query model that *claims* the gallery's space: the gate must fail it.
     int8 without calibration images fails to export — recorded, the rest continue."""
-    from hetsearch.cmpnas.checkpoint import load_checkpoint, save_checkpoint
+    from hetsearch.cmpnas.checkpoint import save_checkpoint
     from hetsearch.cmpnas.models import build_model
     from hetsearch.export.exporter import export_bundle
 
