@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import copy
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.utils.parametrize as P
@@ -270,6 +271,35 @@ def prepare_qat(model: EmbeddingNet, scheme: str = "int8") -> QATModel:
     if isinstance(model, QATModel):
         return model
     return QATModel(model, scheme)
+
+
+@torch.no_grad()
+def activation_points(ckpt, pixels) -> dict[str, tuple]:
+    """For a ``--qat`` checkpoint: each fake-quantization point's float output over ``pixels`` (N×C×H×W, the
+    folded float model with quantization off, i.e. what the exported float graph computes there) and the
+    range QAT learned for it, clamped to contain 0 as the fake quantization does: ``{point: (values, (lo,
+    hi))}``. The exporters find the graph tensors holding those values and quantize them with those ranges."""
+    q = simulated(ckpt)
+    seen: dict[str, list] = {}
+    hooks = []
+    for key in q.act:
+        name = key.replace("__", ".")
+        hooks.append(q.net.get_submodule(name).register_forward_hook(
+            lambda _m, _i, out, name=name: seen.setdefault(name, []).append(out.detach().numpy().copy())))
+    try:
+        with q.float_mode():
+            for i in range(len(pixels)):
+                q(torch.as_tensor(pixels[i : i + 1], dtype=torch.float32))
+    finally:
+        for h in hooks:
+            h.remove()
+    out = {}
+    for key, fq in q.act.items():
+        name = key.replace("__", ".")
+        scale, zero = fq.qparams()  # the range the fake quantization used: [-zero * scale, (255 - zero) * scale]
+        lo = float(-zero.item() * scale.item())
+        out[name] = (np.concatenate(seen[name]), (lo, lo + 255.0 * float(scale.item())))
+    return out
 
 
 def simulated(ckpt) -> QATModel:

@@ -193,6 +193,18 @@ class Int8Recipe(Part):
 
 
 @_part
+class QatRanges(Part):
+    """In an int8 file from a ``--qat`` checkpoint: how many of the QAT model's fake-quantization points were found
+    in the exported graph (matched by values) and quantized with the ranges QAT learned."""
+
+    points: int = spec(WRITTEN, minimum=0)
+    matched_points: int = spec(WRITTEN, minimum=0)
+    tensors: int = spec(WRITTEN, minimum=0)
+    ambiguous_tensors: int | None = spec(minimum=0)
+    unmatched_points: list[str] | None = spec()
+
+
+@_part
 class FileEntry(Part):
     """One model file of the bundle."""
 
@@ -215,6 +227,7 @@ class FileEntry(Part):
     widened_ranges: int | None = spec(minimum=0)
     int8_recipe: Int8Recipe | None = spec()
     int8_training: str | None = spec(enum=("ptq", "qat"))
+    qat_ranges: QatRanges | None = spec()
     export_seconds: float | None = spec(minimum=0)
     input_dtype: str | None = spec(enum=("float32", "uint8"))
     input_color: str | None = spec(enum=COLORS)

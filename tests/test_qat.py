@@ -92,7 +92,46 @@ def test_qat_export_int8_onnx_and_tflite_through_the_sdk(qat_run, tiny_runs, fmn
         # the int8 file stays close to the float weights it came from and to the fake-quantized model QAT trained
         assert rec["parity"]["cos_min"] >= 0.95 and rec["parity"]["cos_mean"] >= 0.995, (fmt, rec["parity"])
         assert parity_stats(sim, got)["cos_mean"] >= 0.99
+        # every fake-quantization point QAT trained was found in the exported graph
+        qr = e["qat_ranges"]
+        assert qr["matched_points"] == qr["points"] == len(qat_run.meta["qat"]["activation_ranges"]), (fmt, qr)
+        assert qr["unmatched_points"] == [] and qr["tensors"] >= qr["points"] - 2
     assert "int8_training" not in files[("onnx", "fp32")]
+    assert "qat_ranges" not in files[("onnx", "fp32")]
+
+
+def test_qat_int8_onnx_quantizes_with_the_ranges_qat_learned(qat_run, tiny_runs, fmnist_train, tmp_path):
+    """The int8 ONNX file's activation scales at the QAT model's fake-quantization points are the learned ranges
+    (scale = (hi - lo) / 255), not ranges re-calibrated on the calibration images; a float model's int8 file,
+    calibrated, has other scales at the same tensors."""
+    import onnx
+    from onnx import numpy_helper
+
+    from hetsearch.cmpnas.qat import activation_points
+    from hetsearch.export.exporter import export_bundle, match_qat_ranges, onnx_intermediates
+
+    calib = fmnist_train.subset(np.arange(0, 1000, 10))
+    pixels = calib.as_model_input(28, 28, 1).astype(np.float32)
+    scales = {}
+    for label, ck in (("qat", qat_run), ("float", tiny_runs["query"])):
+        man = export_bundle(ck, tmp_path / label, formats=("onnx",), precisions=("fp32", "int8"), calib_data=calib,
+                            progress=False)
+        m = onnx.load(str(tmp_path / label / "model-int8.onnx"))
+        init = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+        scales[label] = {n.input[0]: float(init[n.input[1]]) for n in m.graph.node
+                         if n.op_type == "QuantizeLinear" and n.input[1] in init and init[n.input[1]].size == 1}
+        if label == "qat":
+            learned, info = match_qat_ranges(activation_points(qat_run, pixels[:2]),
+                                             onnx_intermediates(tmp_path / label / "model-fp32.onnx", pixels[:2]))
+            assert info["matched_points"] == info["points"] and not man.get("failures")
+    checked = [t for t in learned if t in scales["qat"]]
+    # most are quantized there (some stay float: e.g. a HardSwish feeding only a float global pool)
+    assert len(checked) >= 0.75 * len(learned), (sorted(set(learned) - set(checked)), sorted(scales["qat"]))
+    for t in checked:
+        lo, hi = learned[t]
+        assert scales["qat"][t] == pytest.approx((hi - lo) / 255.0, rel=1e-5), t
+    differ = [t for t in checked if t in scales["float"] and scales["float"][t] != pytest.approx(scales["qat"][t], rel=1e-3)]
+    assert len(differ) >= len(checked) // 2, "the learned ranges should differ from re-calibrated ones"
 
 
 def test_qat_cli_needs_a_trained_model_to_start_from(tiny_runs, tmp_path, capsys):
