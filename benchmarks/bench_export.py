@@ -64,7 +64,8 @@ def _args(argv=None):
     p.add_argument("--note", default=None, help="a sentence for the report (e.g. what else ran on the machine)")
     p.add_argument("--qat", default=None, metavar="CKPTS",
                    help="QAT checkpoints, comma-separated: compare float, post-training int8 and QAT int8 (with "
-                        "--gallery), writing export-qat.json/.md")
+                        "--gallery, comma-separated when they were trained against different gallery models), "
+                        "writing export-qat.json/.md")
     return p.parse_args(argv)
 
 
@@ -251,6 +252,8 @@ def qat_main(args) -> int:
     if not args.gallery:
         print("--qat needs --gallery (the gallery model the checkpoints are compatible with)", file=sys.stderr)
         return 2
+    # several galleries: each checkpoint is checked against the one whose embedding space it was trained into
+    galleries = {load_checkpoint(g, expect_kind="gallery").space_id: g for g in args.gallery.split(",") if g.strip()}
     ds = load_data("fashion-mnist", split="train")
     work = Path(args.work) / "qat"
     runs, warmup, min_s = (30, 3, 0.2) if args.quick else (200, 10, 1.0)
@@ -263,6 +266,10 @@ def qat_main(args) -> int:
             return 2
         f = load_checkpoint(resolve_ref(init, qdir))
         name = f.name
+        gallery = galleries.get(q.space_id)
+        if gallery is None:
+            print(f"{qdir}: none of --gallery {args.gallery} is in its embedding space {q.space_id}", file=sys.stderr)
+            return 2
         tc = q.meta["train_config"]
         split = {k: tc[k] for k in ("val_fraction", "seed", "val_mode")}
         if any(f.meta["train_config"].get(k) != v for k, v in split.items()):
@@ -271,7 +278,7 @@ def qat_main(args) -> int:
         train, val = train_val_split(ds, split["val_fraction"], split["seed"], mode=split["val_mode"])
         check = val.subset(stratified_sample(val.labels, args.check_samples, 2), "check") if args.check_samples else val
         calib = train.subset(stratified_sample(train.labels, args.calib_samples, split["seed"] + 1), "calib")
-        ctx = ck.prepare_context(f.model.input_shape, check, query_model=f.model, gallery=args.gallery,
+        ctx = ck.prepare_context(f.model.input_shape, check, query_model=f.model, gallery=gallery,
                                  space_id=f.space_id)
         sim = embed(simulated(q), ctx.pixels)
 
@@ -292,6 +299,7 @@ def qat_main(args) -> int:
         info = {"float_checkpoint": f.name, "qat_checkpoint": q.name, "mmacs": f.macs / 1e6,
                 "architecture": f.spec.get("name") or f.spec.get("family"), "pytorch_r1": ctx.reference_r1,
                 "gallery_r1": ctx.gallery_r1, "check_images": len(check), "calib_images": len(calib),
+                "gallery": q.meta.get("gallery_model_id"),
                 "qat_training": {k: tc.get(k) for k in ("epochs", "lr", "qat", "qat_consistency", "batch_size")}
                 | {"seconds": round(sum(h.get("train_seconds", 0) for h in q.meta["metrics"]["history"]), 1)},
                 "bundles": {}}
@@ -299,9 +307,11 @@ def qat_main(args) -> int:
             bundle = work / name / weights.lower()
             t0 = time.perf_counter()
             man = export_bundle(ckpt, bundle, formats=("onnx", "tflite"), precisions=("fp32", "int8"),
-                                calib_data=calib, gallery=args.gallery, check_data=check, progress=False,
+                                calib_data=calib, gallery=gallery, check_data=check, progress=False,
                                 threads=args.threads, keep_failed=True)
             info["bundles"][weights] = {"export_seconds": round(time.perf_counter() - t0, 1),
+                                        "qat_ranges": {e["format"]: e["qat_ranges"] for e in man["files"]
+                                                       if e.get("qat_ranges")},
                                         "int8_recipes": {e["format"]: e.get("quantization") for e in man["files"]
                                                          if e["precision"] == "int8"}}
             prof = {} if args.no_profile else {
@@ -328,7 +338,9 @@ def qat_main(args) -> int:
           f"Measured {result['measured_at']} on {result['host']['platform']}. "
           "Each model's checks use its own validation split (carved from the training data, never trained on). "
           "PTQ: the float checkpoint through the int8 recipes. QAT: the same recipes on the checkpoint finetuned "
-          "from it with `hetsearch train query --init F --qat int8`. cos min/mean: parity against the model's own "
+          "from it with `hetsearch train query --init F --qat int8`, with the activation ranges QAT learned at "
+          "every fake-quantization point found in the graph (the manifest's `qat_ranges`; other tensors "
+          "calibrated). cos min/mean: parity against the model's own "
           "PyTorch float weights (the export gate; for QAT files the QAT checkpoint's float weights); "
           "'vs float model': against the float model the QAT started from; 'vs QAT sim': against the "
           "fake-quantized model QAT trained. "
