@@ -323,7 +323,7 @@ def qat_main(args) -> int:
                 runner = SdkRunner(bundle / e["path"], e, threads=args.threads)
                 rec = man["checks"].get(e["path"], {})
                 rows.append(row(weights if e["precision"] == "int8" else "float", e["format"], e["precision"],
-                                runner.embed(ctx.pixels), delegate=runner.delegate or "-", p50=prof.get(e["path"]),
+                                runner.embed(ctx.pixels), delegate=_delegate(runner), p50=prof.get(e["path"]),
                                 status=rec.get("status", "-"), own=rec.get("parity")))
         models[name] = info
         print(format_table(_display([r for r in rows if r["model"] == name]), QAT_COLUMNS, headers=QAT_HEADERS),
@@ -361,6 +361,14 @@ def qat_main(args) -> int:
     print(format_table(_display(rows), QAT_COLUMNS, headers=QAT_HEADERS))
     print(f"wrote {out / 'export-qat.json'} and {out / 'export-qat.md'}", file=sys.stderr)
     return 0
+
+
+def _delegate(runner) -> str:
+    """The delegate that ran a file, with the number of graph pieces it took when more than one."""
+    if not runner.delegate:
+        return "-"
+    n = runner.delegate_partitions
+    return runner.delegate + (f" ({n} partitions)" if n and n > 1 else "")
 
 
 def _qat_targets(rows: list[dict]) -> list[dict]:

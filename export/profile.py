@@ -55,6 +55,7 @@ from urllib.parse import urlsplit
 from hetsearch import manifest as manifest_mod
 from hetsearch.errors import BundleError, HetsearchError
 from hetsearch.report import format_table, markdown_table, write_json
+from hetsearch.sdk.profile import runtime_label
 
 SCHEMA = "hetsearch.profile-bundle/1"
 REMOTE_PROFILER = "hetsearch.sdk.profile"
@@ -386,7 +387,7 @@ def _rows(report: dict) -> list[dict]:
     for r in report["results"]:
         latency, stat = headline_ms(r)
         row = {"file": r["file"], "format": r["format"], "precision": r["precision"], "status": r["status"],
-               "runtime": r.get("runtime"), "load_ms": r.get("load_ms"), "first_ms": r.get("first_inference_ms"),
+               "runtime": runtime_label(r), "load_ms": r.get("load_ms"), "first_ms": r.get("first_inference_ms"),
                "p50_ms": r.get("p50_ms"), "p90_ms": r.get("p90_ms"), "p99_ms": r.get("p99_ms"),
                "mean_ms": r.get("mean_ms"), "std_ms": r.get("std_ms"), "peak_rss_mb": r.get("peak_rss_mb"),
                "mmacs": report["mmacs"], "error": r.get("error")}

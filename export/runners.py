@@ -75,6 +75,7 @@ class SdkRunner(Runner):
             raise BundleError(f"{self.path}: {label} cannot load or run this file ({_first_line(exc)}); "
                               "it is corrupted or not a model of this bundle") from exc
         self.delegate = getattr(self.rt, "delegate", None)
+        self.delegate_partitions = getattr(self.rt, "delegate_partitions", None)
         self.dim = int(self.rt.output_shape[-1])
 
     def embed(self, pixels: np.ndarray) -> np.ndarray:

@@ -245,8 +245,17 @@ def profile_files(paths: Sequence[str | os.PathLike], *, threads: int | None = N
     }
 
 
+def runtime_label(r: dict) -> str | None:
+    """A result's runtime, with the delegate that ran it and, when it took the graph in several pieces (nodes it
+    cannot run stay on the runtime's own kernels between them), how many."""
+    rt, d, n = r.get("runtime", r.get("backend")), r.get("delegate"), r.get("delegate_partitions")
+    if not d:
+        return rt
+    return f"{rt} + {d}" + (f" ({n} partitions)" if n and n > 1 else "")
+
+
 def summary_rows(report: dict) -> list[dict]:
-    return [{"file": r["name"], "runtime": r.get("runtime", r.get("backend")), "status": r["status"],
+    return [{"file": r["name"], "runtime": runtime_label(r), "status": r["status"],
              "load_ms": r.get("load_ms"), "p50_ms": r.get("p50_ms"), "p90_ms": r.get("p90_ms"),
              "p99_ms": r.get("p99_ms"), "peak_rss_mb": r.get("peak_rss_mb"), "error": r.get("error")}
             for r in report["results"]]

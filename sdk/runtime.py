@@ -157,7 +157,9 @@ class Runtime:
         return {"runtime": self.name, "runtime_version": self.version,
                 "input_name": self.input_name, "input_shape": list(self.input_shape),
                 "input_dtype": str(self.input_dtype), "output_name": self.output_name,
-                "output_shape": list(self.output_shape), "threads": self.threads}
+                "output_shape": list(self.output_shape), "threads": self.threads,
+                **({"delegate": self.delegate, "delegate_partitions": self.delegate_partitions}
+                   if getattr(self, "delegate", None) else {})}
 
 
 class OnnxRuntime(Runtime):
@@ -210,11 +212,50 @@ def _litert_interpreter_class():
         raise MissingDependency("ai_edge_litert", "sdk", "running .tflite models") from exc
 
 
+def delegate_partitions(interp) -> int | None:
+    """How many pieces a delegate took of the graph (its DELEGATE nodes): 1 when it runs the whole graph; more
+    when nodes it cannot run (e.g. an int8 HARD_SWISH under XNNPACK) stay on the built-in kernels between
+    pieces. None where the interpreter does not list its nodes."""
+    details = getattr(interp, "_get_ops_details", None)
+    if details is None:
+        return None
+    try:
+        return sum(1 for op in details() if op.get("op_name") == "DELEGATE")
+    except (RuntimeError, ValueError, KeyError):
+        return None
+
+
+MIN_QUANT_SCALE = 1e-10  # an int8 activation scale below this is a zero-width range, not a measured one
+
+
+def degenerate_quantization(interpreter_cls, path) -> str | None:
+    """Why ``path``'s quantization cannot be run, or None: an 8/16-bit tensor whose scale is not finite, not
+    positive or below :data:`MIN_QUANT_SCALE` (e.g. ~4e-12 from a calibrated range of width zero). LiteRT's XNNPACK
+    delegate aborts the whole process on some such files ("double free or corruption"), so they are refused
+    before it sees them. Read with the built-in kernels, before any tensor is allocated."""
+    resolver = sys.modules[interpreter_cls.__module__].OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    probe = interpreter_cls(model_path=str(path), experimental_op_resolver_type=resolver)
+    for d in probe.get_tensor_details():
+        if np.dtype(d["dtype"]) not in (np.int8, np.uint8, np.int16):
+            continue
+        scales = np.asarray((d.get("quantization_parameters") or {}).get("scales", []), np.float64)
+        if scales.size and (not np.isfinite(scales).all() or scales.min() < MIN_QUANT_SCALE):
+            name = str(d["name"]).split(";")[0].rsplit("/", 1)[-1]
+            return (f"tensor {d['index']} {name!r} ({np.dtype(d['dtype']).name}) has quantization scale {scales.min():.3g}, "
+                    f"a range of width ~0 (e.g. a calibrated activation that never varied); re-export the file "
+                    f"(hetsearch export widens such ranges)")
+    return None
+
+
 def open_litert_interpreter(interpreter_cls, path, threads: int | None = None):
     """A ready interpreter for ``path``. LiteRT applies its XNNPACK delegate by default; when the delegate
-    refuses a graph (some int8 graphs fail to prepare), fall back to the built-in kernels alone.
+    refuses a graph (some int8 graphs fail to prepare), fall back to the built-in kernels alone. A file with
+    degenerate quantization scales is refused first (:func:`degenerate_quantization`): ValueError.
     Returns (interpreter, delegate description)."""
     kw = {"model_path": str(path), "num_threads": int(threads) if threads else None}
+    bad = degenerate_quantization(interpreter_cls, path)
+    if bad:
+        raise ValueError(bad)
     try:
         interp = interpreter_cls(**kw)
         interp.allocate_tensors()
@@ -275,6 +316,7 @@ class LiteRT(Runtime):
         try:
             with captured_output(chatter):
                 self._interp, self.delegate = open_litert_interpreter(interpreter_cls, self.path, threads)
+            self.delegate_partitions = delegate_partitions(self._interp) if self.delegate == "xnnpack" else None
         except (ValueError, RuntimeError) as exc:
             said = " ".join("".join(chatter).split())[-300:]
             raise ModelError(f"LiteRT cannot load {self.path}: {exc}" + (f" [LiteRT said: {said}]" if said else "")) \
