@@ -221,7 +221,7 @@ def main(argv=None) -> int:
                   + (", ".join(f"{k}={v}" for k, v in m["training"].items()) or "-"))
     md += ["", "R@1 Δ: heterogeneous R@1 of the file's embeddings minus the PyTorch model's (points), ± its paired "
            "standard error over the same images. 'int8: also float': the TFLite int8 escalation level kept (the "
-           "fixed recipe keeps I/O, squeeze-excitation branches, pooling, the dense head's activations and the L2 "
+           "fixed recipe keeps I/O, hard-swish, squeeze-excitation branches, pooling, the dense head's activations and the L2 "
            "norm float in every int8 file). "
            "Core ML numbers need macOS. " + (profile_note or "Latency: local, one thread, p50."), "",
            markdown_table(_display(rows), COLUMNS, headers=HEADERS)]
