@@ -2,7 +2,8 @@
 
 1. train the paragon gallery model;            2. train a compatible (BCT-style) query model;
 3. CMP-NAS: supernet, search, finetune at two budgets;
-4. export each query model (and the paragon, for latency ratios) to ONNX, TFLite and Core ML, checked;
+4. finetune the compatible query model quantization-aware for int8 (``--qat int8``); export each query
+   model (its QAT version as int8, and the paragon, for latency ratios) to ONNX, TFLite and Core ML, checked;
 5. profile the exported files locally;         6. index the gallery, start the gallery server and
    query it through the SDK with test images;  7. print the paper-style and export tables and write
    demo-report/ (Markdown, JSON, PNGs);         8. stop the server.
@@ -36,6 +37,8 @@ FULL = {
     "search": {"budgets": [0.126, 0.401], "population": 12, "generations": 4, "max_val_samples": 2000,
                "random_baseline": True, "rerank": 4},
     "finetune": {"epochs": 6, "max_train_samples": None, "lr": 0.1},
+    # quantization-aware int8 finetune of the hand-designed query model (benchmarks/results/export-qat.md)
+    "qat": {"epochs": 3, "lr": 0.005, "consistency": 200, "max_train_samples": None},
     "export": {"formats": "onnx,tflite,coreml", "precision": "fp32,int8", "check_samples": 2000},
     "profile": {"runs": 30, "warmup": 5, "min_seconds": 0.5},
     "index": {"max_samples": None},
@@ -49,6 +52,7 @@ QUICK = {
     "search": {"budgets": [0.15, 0.4], "population": 6, "generations": 2, "max_val_samples": 200,
                "random_baseline": False, "rerank": 2, "rerank_max_train_samples": 500},
     "finetune": {"epochs": 1, "max_train_samples": 1000, "lr": 0.1},
+    "qat": {"epochs": 1, "lr": 0.005, "consistency": 200, "max_train_samples": 1000},
     "export": {"formats": "onnx,tflite,coreml", "precision": "fp32,int8", "check_samples": 100},
     "profile": {"runs": 5, "warmup": 1, "min_seconds": 0.05},
     "index": {"max_samples": 1000},
@@ -161,11 +165,23 @@ class Demo:
         ev_cfg = {**se_cfg, "ft": ft, "q": c["query"], "q2": c.get("query2"), "ev": ev}
         self.stage("evaluate on the test split", ev_cfg, lambda: self._evaluate(queries, ev))
 
+        qa = c["qat"]
+        qat_name = f"{hand[0]}-qat"
+        qat_cfg = {**q_cfg, "qat": qa}
+        self.stage(f"4a. quantization-aware int8 finetune of {hand[0]}", qat_cfg, lambda: self.run(
+            "train", "query", "--gallery", str(w / "gallery"), "--init", str(w / hand[0]), "--qat", "int8",
+            "--qat-consistency", str(qa["consistency"]), "--epochs", str(qa["epochs"]), "--lr", str(qa["lr"]),
+            *self.data, *(["--max-train-samples", str(qa["max_train_samples"])] if qa.get("max_train_samples") else []),
+            "--seed", str(self.args.seed), "--out", str(w / qat_name)))
+
         ex = c["export"]
         ex_cfg = {**ev_cfg, "ex": ex}
-        for name in queries + ["gallery"]:
-            prec = ex["precision"] if name != "gallery" else "fp32"
-            self.stage(f"4. export {name}", {**ex_cfg, "m": name}, lambda name=name, prec=prec: self.run(
+        self.exported = queries + [qat_name]
+        for name in [*self.exported, "gallery"]:
+            # the QAT model ships as int8 (its float weights are the float model's, finetuned for int8)
+            prec = "fp32" if name == "gallery" else "int8" if name == qat_name else ex["precision"]
+            self.stage(f"4. export {name}", {**ex_cfg, "m": name, **({"qat": qa} if name == qat_name else {})},
+                       lambda name=name, prec=prec: self.run(
                 "export", str(w / name), "--formats", ex["formats"], "--precision", prec, "--gallery",
                 str(w / "gallery"), *self.data, "--check-samples", str(ex["check_samples"]),
                 # the quick demo's one-epoch smoke models are not release candidates: their failed checks are
@@ -175,7 +191,7 @@ class Demo:
 
         pr = c["profile"]
         pr_cfg = {**ex_cfg, "pr": pr}
-        for name in ["gallery"] + queries:
+        for name in ["gallery"] + self.exported:
             self.stage(f"5. profile {name} locally", {**pr_cfg, "m": name}, lambda name=name: self.run(
                 "profile", str(w / "bundles" / name), "--target", "local", "--runs", str(pr["runs"]),
                 "--warmup", str(pr["warmup"]), "--min-seconds", str(pr["min_seconds"]), "--threads", "1",
@@ -274,7 +290,7 @@ class Demo:
         from . import demo_report
 
         demo_report.write(self.work, self.report, queries, hits, self.times, total_seconds, quick=self.args.quick,
-                          reused=self.reused)
+                          reused=self.reused, exported=self.exported)
 
 
 EPILOG = """\

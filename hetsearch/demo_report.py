@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .report import format_table, markdown_table, read_json, write_json
@@ -171,11 +170,26 @@ def plot_hits(hits: list, held: list[int], images, out: Path, model: str) -> Non
     plt.close(fig)
 
 
+def qat_verdict(rows: list[dict]) -> str:
+    """Per format: the hand-designed model's post-training int8 file vs its quantization-aware one (parity)."""
+    lines = []
+    for r in rows:
+        if not r.get("model", "").endswith("-qat") or r.get("precision") != "int8":
+            continue
+        ptq = next((p for p in rows if p.get("model") == r["model"][: -len("-qat")]
+                    and (p.get("format"), p.get("precision")) == (r["format"], "int8")), None)
+        if ptq is None or not r.get("parity") or not ptq.get("parity"):
+            continue
+        lines.append(f"{r['format']} int8 of {ptq['model']}: parity cos min {ptq['parity']} post-training, "
+                     f"{r['parity']} quantization-aware ({r['model']}); R@1 change {ptq['compat']} vs {r['compat']}")
+    return "\n".join(lines)
+
+
 def write(work: Path, report: Path, queries: list[str], hits: list, times: dict, total_seconds: float,
-          quick: bool = False, reused: dict | None = None) -> None:
+          quick: bool = False, reused: dict | None = None, exported: list[str] | None = None) -> None:
     report.mkdir(parents=True, exist_ok=True)
     prow = paper_rows(work, queries)
-    erow = export_rows(work, ["gallery"] + queries)
+    erow = export_rows(work, ["gallery"] + (exported or queries))
     print("\nPaper-style table (Fashion-MNIST test split, leave-one-out; 'points behind paragon' is positive when "
           "a row is below the paragon):")
     print(format_table(prow, PAPER_COLS, digits=2))
@@ -184,6 +198,9 @@ def write(work: Path, report: Path, queries: list[str], hits: list, times: dict,
         print(verdict)
     print("\nExport table (parity = min cosine vs PyTorch; compat = R@1 change vs the PyTorch query model):")
     print(format_table(erow, EXPORT_COLS, digits=3))
+    qverdict = qat_verdict(erow)
+    if qverdict:
+        print(qverdict)
     _plot_accuracy(work, prow, report / "accuracy_vs_mmacs.png")
     _plot_latency(erow, report / "latency.png")
     hit_rows = []
@@ -205,7 +222,7 @@ def write(work: Path, report: Path, queries: list[str], hits: list, times: dict,
           "## Accuracy vs query cost (Fashion-MNIST test split)", "", markdown_table(prow, PAPER_COLS, digits=2), "",
           nas_verdict(prow), "",
           "![accuracy vs MMACs](accuracy_vs_mmacs.png)", "",
-          "## Export, checks and latency", "", markdown_table(erow, EXPORT_COLS, digits=3),
+          "## Export, checks and latency", "", markdown_table(erow, EXPORT_COLS, digits=3), qverdict, "",
           "![latency](latency.png)", "",
           "## Gallery server queried from the SDK", "",
           "The query images are test images held out of the indexed gallery.", "",

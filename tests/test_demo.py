@@ -20,6 +20,10 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     formats = {(r["model"], r["format"], r["precision"]) for r in summary["export_table"] if r.get("format")}
     assert ("query-bct", "onnx", "fp32") in formats and ("query-bct", "tflite", "int8") in formats
     assert all("passed" != r["status"] for r in summary["export_table"] if r.get("format") == "coreml")
+    # the quantization-aware version of the hand-designed model ships as int8 only, next to its post-training files
+    qat = {(r["format"], r["precision"]) for r in summary["export_table"] if r["model"] == "query-bct-qat"}
+    assert {("onnx", "int8"), ("tflite", "int8")} <= qat and not any(p == "fp32" for _, p in qat), qat
+    assert "quantization-aware (query-bct-qat)" in (report / "README.md").read_text()
     # the SDK queried the real server: every query image got k hits with metadata from the gallery
     assert len(summary["hits"]) == 3 and all(len(q["hits"]) == 5 for q in summary["hits"])
     assert all(h["metadata"] for q in summary["hits"] for h in q["hits"])
