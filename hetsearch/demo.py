@@ -295,7 +295,7 @@ class Demo:
 
 EPILOG = """\
 examples:
-  hetsearch demo                 # the whole story (about 17 minutes on 2 cores)
+  hetsearch demo                 # the whole story (about 15 minutes on 2 cores)
   hetsearch demo --quick         # a smoke version on a data subset (a few minutes)
   hetsearch demo --fresh         # redo every stage instead of reusing finished ones
 
