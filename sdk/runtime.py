@@ -229,14 +229,19 @@ MIN_QUANT_SCALE = 1e-10  # an int8 activation scale below this is a zero-width r
 
 
 def degenerate_quantization(interpreter_cls, path) -> str | None:
-    """Why ``path``'s quantization cannot be run, or None: an 8/16-bit tensor whose scale is not finite, not
-    positive or below :data:`MIN_QUANT_SCALE` (e.g. ~4e-12 from a calibrated range of width zero). LiteRT's XNNPACK
-    delegate aborts the whole process on some such files ("double free or corruption"), so they are refused
-    before it sees them. Read with the built-in kernels, before any tensor is allocated."""
+    """Why ``path``'s quantization cannot be run, or None: an 8/16-bit activation (an op's output, not a weight:
+    an all-zero weight channel may legitimately have scale 0) whose scale is not finite, not positive or below
+    :data:`MIN_QUANT_SCALE` (e.g. ~4e-12 from a calibrated range of width zero). LiteRT's XNNPACK delegate aborts
+    the whole process on some such files ("double free or corruption"), so they are refused before it sees them.
+    Read with the built-in kernels, before any tensor is allocated."""
     resolver = sys.modules[interpreter_cls.__module__].OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     probe = interpreter_cls(model_path=str(path), experimental_op_resolver_type=resolver)
+    ops = getattr(probe, "_get_ops_details", None)
+    if ops is None:  # an interpreter that does not list its nodes: nothing to tell activations by
+        return None
+    produced = {i for op in ops() for i in op["outputs"]}
     for d in probe.get_tensor_details():
-        if np.dtype(d["dtype"]) not in (np.int8, np.uint8, np.int16):
+        if d["index"] not in produced or np.dtype(d["dtype"]) not in (np.int8, np.uint8, np.int16):
             continue
         scales = np.asarray((d.get("quantization_parameters") or {}).get("scales", []), np.float64)
         if scales.size and (not np.isfinite(scales).all() or scales.min() < MIN_QUANT_SCALE):
