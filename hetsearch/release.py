@@ -7,7 +7,8 @@
    given file);
 2. searches the supernet under the device's budget (:func:`hetsearch.cmpnas.nas.search.run_search`; with a ms
    budget the winner is measured on the device and, if over, the next finalists are);
-3. finetunes the winner (:func:`~hetsearch.cmpnas.nas.search.finetune_subnet`);
+3. finetunes the winner (:func:`~hetsearch.cmpnas.nas.search.finetune_subnet`), and with ``qat_epochs`` a device
+   that ships int8 also finetunes it quantization-aware (``--qat int8``; its bundle then comes from that model);
 4. exports it with the exporter and its checks (:func:`hetsearch.export.exporter.export_bundle`: the same gate
    ``hetsearch export`` applies; a file whose checks fail is removed and fails the device);
 5. profiles the bundle on the device (:func:`hetsearch.export.profile.profile_bundle`);
@@ -60,6 +61,11 @@ class ReleaseSettings:
 
     finetune_epochs: int = 8
     finetune_lr: float | None = None  # None: the finetune's default (cmpnas.nas.search.FINETUNE_LR)
+    # quantization-aware int8 finetune (--qat int8) of the winner of every device that ships int8; its bundle (all
+    # precisions) then comes from that checkpoint. 0 = off (post-training int8).
+    qat_epochs: int = 0
+    qat_lr: float = 0.005
+    qat_consistency: float = 200.0
     batch_size: int = 128
     max_train_samples: int | None = None  # finetune on a class-balanced subset (quick runs)
     compat: str = "bct-l2"
@@ -89,11 +95,12 @@ class ReleaseSettings:
             v = getattr(self, name)
             if v is not None and v < least:
                 raise ReleaseConfigError(f"[release] {name} must be at least {least}, got {v}")
-        for name in ("generations", "max_rechecks", "warmup", "seed"):
+        for name in ("generations", "max_rechecks", "warmup", "seed", "qat_epochs", "qat_consistency"):
             if getattr(self, name) < 0:
                 raise ReleaseConfigError(f"[release] {name} must be >= 0, got {getattr(self, name)}")
-        if (self.finetune_lr is not None and self.finetune_lr <= 0) or self.min_seconds < 0 or self.timeout <= 0:
-            raise ReleaseConfigError("[release] finetune_lr and timeout must be > 0, min_seconds >= 0")
+        if (self.finetune_lr is not None and self.finetune_lr <= 0) or self.min_seconds < 0 or self.timeout <= 0 \
+                or self.qat_lr <= 0:
+            raise ReleaseConfigError("[release] finetune_lr, qat_lr and timeout must be > 0, min_seconds >= 0")
         if self.latency_samples < 6:
             raise ReleaseConfigError(f"[release] latency_samples must be at least 6, got {self.latency_samples}")
         return self
@@ -365,7 +372,7 @@ class Release:
 
     def run_device(self, dev: Device, digest: str) -> dict:
         from hetsearch.cmpnas.nas.search import FINETUNE_LR, SearchConfig, budget_dirname, finetune_subnet, run_search
-        from hetsearch.cmpnas.train import TrainConfig
+        from hetsearch.cmpnas.train import TrainConfig, train_query
 
         s, L = self.settings, self.loaded()
         root = self.out / dev.name
@@ -413,6 +420,19 @@ class Release:
         ck = finetune_subnet(L.data, self.supernet, work / "search" / budget_dirname(budget), L.gck, qdir, cfg,
                              calib_images=s.calib_images, progress=self.progress)
         stage("finetune", t0)
+        if s.qat_epochs and "int8" in dev.precisions:  # 3b. quantization-aware int8 finetune of the winner
+            t0 = time.time()
+            _say(f"{dev.name}: quantization-aware int8 finetune for {s.qat_epochs} epoch(s); the bundle comes from it")
+            qcfg = TrainConfig(epochs=s.qat_epochs, lr=s.qat_lr, batch_size=s.batch_size, seed=s.seed,
+                               max_train_samples=s.max_train_samples, threads=s.torch_threads, compat=s.compat,
+                               qat="int8", qat_consistency=s.qat_consistency)
+            qcfg.validate()
+            qdir = work / f"cmpnas-{dev.name}-qat"
+            ck = train_query(L.data, L.gck, None, qdir, qcfg, init=ck, progress=self.progress)
+            entry["qat"] = {"epochs": s.qat_epochs, "lr": s.qat_lr, "consistency": s.qat_consistency,
+                            "val_het_r1": ck.meta["metrics"].get("val_heterogeneous_r1"),
+                            "val_float_het_r1": ck.meta["metrics"].get("val_float_heterogeneous_r1")}
+            stage("qat", t0)
         # 4. export + checks
         t0 = time.time()
         bundle = root / "bundle"

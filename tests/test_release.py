@@ -141,6 +141,35 @@ def test_release_end_to_end_and_rerun(trained, sshd, tmp_path, capsys):  # noqa:
     assert "ok (reused)" in (out / "README.md").read_text()
 
 
+def test_release_quantization_aware_int8(trained, tmp_path, capsys):
+    """qat_epochs: a device that ships int8 gets its winner finetuned quantization-aware, and its bundle (with the
+    learned activation ranges) from that checkpoint; a float-only device in the same release is not touched."""
+    cfg = SupernetConfig.load(trained / "sn")
+    lo, hi = (arch_macs(cfg, a) / 1e6 for a in (smallest_arch(cfg), largest_arch(cfg)))
+    mid = round((lo + hi) / 2, 4)
+    (tmp_path / "devices.toml").write_text(TINY_RELEASE + f"""qat_epochs = 1
+
+[devices.phone]
+target = "local"
+budget_mmacs = {mid}
+formats = ["tflite"]
+precisions = ["int8"]
+""")
+    out = tmp_path / "release"
+    assert main(["release", "--supernet", str(trained / "sn"), "--gallery", str(trained / "gallery"),
+                 "--devices", str(tmp_path / "devices.toml"), "--out", str(out), "--quiet"]) == 0
+    assert "quantization-aware int8 finetune for 1 epoch(s)" in capsys.readouterr().err
+    (d,) = json.loads((out / "index.json").read_text())["devices"]
+    assert d["status"] == "ok", d.get("reason")
+    assert d["qat"]["epochs"] == 1 and 0 < d["qat"]["val_het_r1"] <= 100 and "qat" in d["stages"]
+    man = mf.load(out / d["bundle"])
+    assert man["source"]["qat"]["scheme"] == "int8"
+    (e,) = man["files"]
+    assert (e["format"], e["precision"], e["int8_training"]) == ("tflite", "int8", "qat")
+    assert e["qat_ranges"]["matched_points"] == e["qat_ranges"]["points"] > 0
+    assert d["model_id"].endswith("-qat") and man["checks"][e["path"]]["status"] == "passed"
+
+
 BAD = {
     "unknown key": ('[devices.a]\ntarget = "local"\nbudget_ms = 1\nformats = ["onnx"]\nprecisions = ["fp32"]\n'
                     'speed = 3\n', "[devices.a]: unknown key speed"),
