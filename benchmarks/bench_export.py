@@ -248,6 +248,7 @@ def qat_main(args) -> int:
     from hetsearch.export.exporter import export_bundle, tool_versions
     from hetsearch.export.profile import profile_bundle
     from hetsearch.export.runners import SdkRunner
+    from hetsearch.sdk.profile import delegate_label
 
     if not args.gallery:
         print("--qat needs --gallery (the gallery model the checkpoints are compatible with)", file=sys.stderr)
@@ -323,7 +324,8 @@ def qat_main(args) -> int:
                 runner = SdkRunner(bundle / e["path"], e, threads=args.threads)
                 rec = man["checks"].get(e["path"], {})
                 rows.append(row(weights if e["precision"] == "int8" else "float", e["format"], e["precision"],
-                                runner.embed(ctx.pixels), delegate=_delegate(runner), p50=prof.get(e["path"]),
+                                runner.embed(ctx.pixels), p50=prof.get(e["path"]),
+                                delegate=delegate_label(runner.delegate, runner.delegate_partitions) or "-",
                                 status=rec.get("status", "-"), own=rec.get("parity")))
         models[name] = info
         print(format_table(_display([r for r in rows if r["model"] == name]), QAT_COLUMNS, headers=QAT_HEADERS),
@@ -361,14 +363,6 @@ def qat_main(args) -> int:
     print(format_table(_display(rows), QAT_COLUMNS, headers=QAT_HEADERS))
     print(f"wrote {out / 'export-qat.json'} and {out / 'export-qat.md'}", file=sys.stderr)
     return 0
-
-
-def _delegate(runner) -> str:
-    """The delegate that ran a file, with the number of graph pieces it took when more than one."""
-    if not runner.delegate:
-        return "-"
-    n = runner.delegate_partitions
-    return runner.delegate + (f" ({n} partitions)" if n and n > 1 else "")
 
 
 def _qat_targets(rows: list[dict]) -> list[dict]:

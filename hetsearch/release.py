@@ -31,7 +31,7 @@ import shutil
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -423,9 +423,8 @@ class Release:
         if s.qat_epochs and "int8" in dev.precisions:  # 3b. quantization-aware int8 finetune of the winner
             t0 = time.time()
             _say(f"{dev.name}: quantization-aware int8 finetune for {s.qat_epochs} epoch(s); the bundle comes from it")
-            qcfg = TrainConfig(epochs=s.qat_epochs, lr=s.qat_lr, batch_size=s.batch_size, seed=s.seed,
-                               max_train_samples=s.max_train_samples, threads=s.torch_threads, compat=s.compat,
-                               qat="int8", qat_consistency=s.qat_consistency)
+            # the finetune's settings, but its own epochs and lr, and fake quantization
+            qcfg = replace(cfg, epochs=s.qat_epochs, lr=s.qat_lr, qat="int8", qat_consistency=s.qat_consistency)
             qcfg.validate()
             qdir = work / f"cmpnas-{dev.name}-qat"
             ck = train_query(L.data, L.gck, None, qdir, qcfg, init=ck, progress=self.progress)

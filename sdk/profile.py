@@ -245,13 +245,18 @@ def profile_files(paths: Sequence[str | os.PathLike], *, threads: int | None = N
     }
 
 
+def delegate_label(delegate: str | None, partitions: int | None) -> str | None:
+    """The delegate that ran a file and, when it took the graph in several pieces (nodes it cannot run stay on the
+    runtime's own kernels between them), how many; None without a delegate."""
+    if not delegate:
+        return None
+    return delegate + (f" ({partitions} partitions)" if partitions and partitions > 1 else "")
+
+
 def runtime_label(r: dict) -> str | None:
-    """A result's runtime, with the delegate that ran it and, when it took the graph in several pieces (nodes it
-    cannot run stay on the runtime's own kernels between them), how many."""
-    rt, d, n = r.get("runtime", r.get("backend")), r.get("delegate"), r.get("delegate_partitions")
-    if not d:
-        return rt
-    return f"{rt} + {d}" + (f" ({n} partitions)" if n and n > 1 else "")
+    """A result's runtime, with :func:`delegate_label` when a delegate ran it."""
+    rt, d = r.get("runtime", r.get("backend")), delegate_label(r.get("delegate"), r.get("delegate_partitions"))
+    return f"{rt} + {d}" if d else rt
 
 
 def summary_rows(report: dict) -> list[dict]:
