@@ -251,6 +251,7 @@ class CheckPart(CheckStatus):
     max_abs_diff: float | None = spec(null=True)
     n: int | None = spec(minimum=0)
     thresholds: dict[str, float] | None = spec()
+    floor: str | None = spec(enum=("qat",))  # judged by the stricter quantization-aware int8 floors
     r1: float | None = spec(null=True)
     reference_r1: float | None = spec(null=True)
     gallery_r1: float | None = spec(null=True)

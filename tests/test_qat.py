@@ -67,6 +67,7 @@ def test_qat_export_int8_onnx_and_tflite_through_the_sdk(qat_run, tiny_runs, fmn
     """int8 ONNX and TFLite from the QAT checkpoint: checked through the SDK, recorded as QAT, TFLite under XNNPACK,
     close to the float weights (the gate's parity) and to the fake-quantized model that QAT trained."""
     from hetsearch.cmpnas.data import train_val_split
+    from hetsearch.export.checks import DEFAULT_QAT_PARITY
     from hetsearch.export.exporter import export_bundle
     from hetsearch.export.runners import SdkRunner
 
@@ -84,6 +85,8 @@ def test_qat_export_int8_onnx_and_tflite_through_the_sdk(qat_run, tiny_runs, fmn
         assert e["int8_training"] == "qat" and e["quantization"].startswith("quantization-aware")
         rec = man["checks"][e["path"]]
         assert rec["status"] == "passed" and rec["parity"]["cos_mean"] >= 0.98
+        # judged by the quantization-aware floors, stricter than post-training int8's
+        assert rec["parity"]["floor"] == "qat" and rec["parity"]["thresholds"] == DEFAULT_QAT_PARITY["int8"]
         runner = SdkRunner(tmp_path / "b" / e["path"], e)
         got = runner.embed(x)
         assert np.allclose(got, embed(qat_run.model, x), atol=0.5)  # sanity: same model
@@ -97,6 +100,7 @@ def test_qat_export_int8_onnx_and_tflite_through_the_sdk(qat_run, tiny_runs, fmn
         assert qr["matched_points"] == qr["points"] == len(qat_run.meta["qat"]["activation_ranges"]), (fmt, qr)
         assert qr["unmatched_points"] == [] and qr["tensors"] >= qr["points"] - 2
     assert "int8_training" not in files[("onnx", "fp32")]
+    assert "floor" not in man["checks"][files[("onnx", "fp32")]["path"]]["parity"]
     assert "qat_ranges" not in files[("onnx", "fp32")]
 
 
