@@ -176,8 +176,8 @@ class Demo:
 
         ex = c["export"]
         ex_cfg = {**ev_cfg, "ex": ex}
-        self.exported = queries + [qat_name]
-        for name in [*self.exported, "gallery"]:
+        self.qat_of = {qat_name: hand[0]}  # exported as int8 besides the query models; the report pairs them
+        for name in [*queries, *self.qat_of, "gallery"]:
             # the QAT model ships as int8 (its float weights are the float model's, finetuned for int8)
             prec = "fp32" if name == "gallery" else "int8" if name == qat_name else ex["precision"]
             self.stage(f"4. export {name}", {**ex_cfg, "m": name, **({"qat": qa} if name == qat_name else {})},
@@ -191,7 +191,7 @@ class Demo:
 
         pr = c["profile"]
         pr_cfg = {**ex_cfg, "pr": pr}
-        for name in ["gallery"] + self.exported:
+        for name in ["gallery", *queries, *self.qat_of]:
             self.stage(f"5. profile {name} locally", {**pr_cfg, "m": name}, lambda name=name: self.run(
                 "profile", str(w / "bundles" / name), "--target", "local", "--runs", str(pr["runs"]),
                 "--warmup", str(pr["warmup"]), "--min-seconds", str(pr["min_seconds"]), "--threads", "1",
@@ -290,7 +290,7 @@ class Demo:
         from . import demo_report
 
         demo_report.write(self.work, self.report, queries, hits, self.times, total_seconds, quick=self.args.quick,
-                          reused=self.reused, exported=self.exported)
+                          reused=self.reused, qat_of=self.qat_of)
 
 
 EPILOG = """\

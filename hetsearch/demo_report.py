@@ -170,13 +170,14 @@ def plot_hits(hits: list, held: list[int], images, out: Path, model: str) -> Non
     plt.close(fig)
 
 
-def qat_verdict(rows: list[dict]) -> str:
-    """Per format: the hand-designed model's post-training int8 file vs its quantization-aware one (parity)."""
+def qat_verdict(rows: list[dict], qat_of: dict[str, str]) -> str:
+    """Per format: a model's post-training int8 file vs its quantization-aware version's (``qat_of``: QAT model ->
+    the float model it was finetuned from)."""
     lines = []
     for r in rows:
-        if not r.get("model", "").endswith("-qat") or r.get("precision") != "int8":
+        if r.get("model") not in qat_of or r.get("precision") != "int8":
             continue
-        ptq = next((p for p in rows if p.get("model") == r["model"][: -len("-qat")]
+        ptq = next((p for p in rows if p.get("model") == qat_of[r["model"]]
                     and (p.get("format"), p.get("precision")) == (r["format"], "int8")), None)
         if ptq is None or not r.get("parity") or not ptq.get("parity"):
             continue
@@ -186,10 +187,12 @@ def qat_verdict(rows: list[dict]) -> str:
 
 
 def write(work: Path, report: Path, queries: list[str], hits: list, times: dict, total_seconds: float,
-          quick: bool = False, reused: dict | None = None, exported: list[str] | None = None) -> None:
+          quick: bool = False, reused: dict | None = None, qat_of: dict[str, str] | None = None) -> None:
+    """``qat_of``: the quantization-aware models exported besides ``queries`` -> the model each was finetuned from."""
     report.mkdir(parents=True, exist_ok=True)
+    qat_of = qat_of or {}
     prow = paper_rows(work, queries)
-    erow = export_rows(work, ["gallery"] + (exported or queries))
+    erow = export_rows(work, ["gallery", *queries, *qat_of])
     print("\nPaper-style table (Fashion-MNIST test split, leave-one-out; 'points behind paragon' is positive when "
           "a row is below the paragon):")
     print(format_table(prow, PAPER_COLS, digits=2))
@@ -198,7 +201,7 @@ def write(work: Path, report: Path, queries: list[str], hits: list, times: dict,
         print(verdict)
     print("\nExport table (parity = min cosine vs PyTorch; compat = R@1 change vs the PyTorch query model):")
     print(format_table(erow, EXPORT_COLS, digits=3))
-    qverdict = qat_verdict(erow)
+    qverdict = qat_verdict(erow, qat_of)
     if qverdict:
         print(qverdict)
     _plot_accuracy(work, prow, report / "accuracy_vs_mmacs.png")
