@@ -79,17 +79,31 @@ def ray_session(address: str | None, workers: int, **init_kwargs):
     elif ray.is_initialized():
         yield {"ray": "this process's session"}
     else:
-        try:
-            ray.init(num_cpus=workers, include_dashboard=False, logging_level=logging.WARNING, **init_kwargs)
-        except Exception as exc:  # Ray raises bare Exceptions when its processes do not come up in time
-            ray.shutdown()  # whatever did start
-            raise HetsearchError(f"a local Ray did not start: {exc} (on a busy machine its start-up waits can run "
-                                 f"out: RAY_gcs_server_port_wait_time_s lengthens the GCS one; or join a running "
-                                 f"cluster with --ray-address)") from exc
+        _start_local(ray, workers, init_kwargs)
         try:
             yield {"ray": f"local, {workers} CPUs"}
         finally:
             ray.shutdown()
+
+
+LOCAL_START_ATTEMPTS = 3
+
+
+def _start_local(ray, workers: int, init_kwargs: dict, attempts: int = LOCAL_START_ATTEMPTS) -> None:
+    """Start a local Ray, trying again (with a WARNING) when it does not come up in time: Ray waits a fixed 30 s
+    for its raylet to register, which a busy machine can miss. The last failure is a HetsearchError."""
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(num_cpus=workers, include_dashboard=False, logging_level=logging.WARNING, **init_kwargs)
+            return
+        except Exception as exc:  # Ray raises bare Exceptions when its processes do not come up in time
+            ray.shutdown()  # whatever did start
+            if attempt == attempts:
+                raise HetsearchError(f"a local Ray did not start ({attempts} attempts): {exc} (on a busy machine "
+                                     f"its start-up waits can run out: RAY_gcs_server_port_wait_time_s lengthens "
+                                     f"the GCS one; or join a running cluster with --ray-address)") from exc
+            log.warning("a local Ray did not start (attempt %d of %d): %s; starting it again", attempt, attempts,
+                        exc)
 
 
 def _model_files(ck) -> dict[str, bytes]:

@@ -223,3 +223,34 @@ def test_command_line_starts_and_stops_its_own_ray_or_joins_a_cluster(ray_local,
                 assert c.describe("local").vector_count == c.describe("joined").vector_count == 240
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+class _SlowStartingRay:
+    """Stands in for the ``ray`` module at start-up only: its first ``fail`` inits raise the bare Exception Ray
+    raises when its raylet misses the 30 s registration wait (a real Ray start is what the tests above run)."""
+
+    def __init__(self, fail: int):
+        self.fail, self.inits, self.shutdowns = fail, 0, 0
+
+    def init(self, **kwargs):
+        self.inits += 1
+        if self.inits <= self.fail:
+            raise Exception("The current node timed out during startup.")
+
+    def shutdown(self):
+        self.shutdowns += 1
+
+
+def test_a_local_ray_that_misses_its_start_up_wait_is_started_again_and_says_so(caplog):
+    from gallery_server.ray_index import _start_local
+    from hetsearch.errors import HetsearchError
+
+    slow = _SlowStartingRay(fail=1)
+    with caplog.at_level("WARNING", logger="hetsearch.index"):
+        _start_local(slow, 1, {}, attempts=3)
+    assert (slow.inits, slow.shutdowns) == (2, 1)  # what the failed start left running was shut down
+    assert "did not start (attempt 1 of 3)" in caplog.text
+    never = _SlowStartingRay(fail=5)
+    with pytest.raises(HetsearchError, match=r"did not start \(3 attempts\).*timed out during startup"):
+        _start_local(never, 1, {}, attempts=3)
+    assert (never.inits, never.shutdowns) == (3, 3)
