@@ -37,7 +37,7 @@ import sys
 import time
 from pathlib import Path
 
-
+from hetsearch.export.cli import _calib_and_probe
 from hetsearch.report import format_table, markdown_table, write_json
 
 REPO = Path(__file__).resolve().parent.parent
@@ -59,6 +59,9 @@ def _args(argv=None):
     p.add_argument("--precisions", default="fp32,fp16,int8")
     p.add_argument("--check-samples", type=int, default=None, help="validation images (default 1000, quick 300)")
     p.add_argument("--calib-samples", type=int, default=200)
+    p.add_argument("--probe-samples", type=int, default=3000,
+                   help="other training images that choose what of an int8 graph stays float (0: a quarter of "
+                        "the calibration images)")
     p.add_argument("--threads", type=int, default=1, help="torch and runtime threads")
     p.add_argument("--no-profile", action="store_true", help="skip latency profiling")
     p.add_argument("--note", default=None, help="a sentence for the report (e.g. what else ran on the machine)")
@@ -108,10 +111,9 @@ def _rows(name: str, manifest: dict, profile: dict | None) -> list[dict]:
 
 
 def _int8_float(manifest: dict, path: str | None) -> str | None:
-    """What an int8 file kept in float beyond the fixed recipe (TFLite escalation level), for the table."""
+    """What an int8 file kept in float beyond the fixed recipe (the escalation's choice), for the table."""
     entry = next((e for e in manifest["files"] if e["path"] == path), {})
-    tried = (entry.get("int8_recipe") or {}).get("parity_on_calibration_images")
-    return tried[-1]["float"] if tried else None
+    return (entry.get("int8_recipe") or {}).get("kept")
 
 
 def main(argv=None) -> int:
@@ -143,7 +145,7 @@ def main(argv=None) -> int:
     names = {"paragon": gallery_dir} | ({"query": query_dirs[0]} if len(query_dirs) == 1 else
                                         {q.name: q for q in query_dirs})
     check = val.subset(stratified_sample(val.labels, n_check, 2), "check")
-    calib = train.subset(stratified_sample(train.labels, args.calib_samples, 1), "calib")
+    calib, probe = _calib_and_probe(train, args.calib_samples, args.probe_samples, 1)
 
     try:
         from hetsearch.export.profile import profile_bundle
@@ -164,7 +166,8 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         manifests[name] = export_bundle(ckpt, bundles[name], formats=args.formats, precisions=args.precisions,
                                         calib_data=calib, gallery=gallery_dir, check_data=check, progress=True,
-                                        threads=args.threads, keep_failed=True)  # a benchmark reports failures
+                                        threads=args.threads, keep_failed=True,  # a benchmark reports failures
+                                        probe_data=probe)
         timings[name] = round(time.perf_counter() - t0, 1)
 
     profiles: dict = {}
@@ -278,7 +281,7 @@ def qat_main(args) -> int:
             return 2
         train, val = train_val_split(ds, split["val_fraction"], split["seed"], mode=split["val_mode"])
         check = val.subset(stratified_sample(val.labels, args.check_samples, 2), "check") if args.check_samples else val
-        calib = train.subset(stratified_sample(train.labels, args.calib_samples, split["seed"] + 1), "calib")
+        calib, probe = _calib_and_probe(train, args.calib_samples, args.probe_samples, split["seed"] + 1)
         ctx = ck.prepare_context(f.model.input_shape, check, query_model=f.model, gallery=gallery,
                                  space_id=f.space_id)
         sim = embed(simulated(q), ctx.pixels)
@@ -309,7 +312,7 @@ def qat_main(args) -> int:
             t0 = time.perf_counter()
             man = export_bundle(ckpt, bundle, formats=("onnx", "tflite"), precisions=("fp32", "int8"),
                                 calib_data=calib, gallery=gallery, check_data=check, progress=False,
-                                threads=args.threads, keep_failed=True)
+                                threads=args.threads, keep_failed=True, probe_data=probe)
             info["bundles"][weights] = {"export_seconds": round(time.perf_counter() - t0, 1),
                                         "qat_ranges": {e["format"]: e["qat_ranges"] for e in man["files"]
                                                        if e.get("qat_ranges")},

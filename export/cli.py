@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+import numpy as np
+
 RAW = argparse.RawDescriptionHelpFormatter
 
 EXPORT_EPILOG = """\
@@ -21,7 +23,8 @@ examples:
 
 Calibration images (int8) and check images come from the TRAINING data: a validation split is
 carved out of --data (stratified, --val-fraction, seed --seed); checks use --check-samples images of
-it and calibration --calib-samples of the rest. The evaluation split is never touched.
+it, calibration --calib-samples of the rest and the int8 probe (which layers stay float) --probe-samples
+others. The evaluation split is never touched.
 
 Every file takes float32 pixels [1, C, H, W] in [0, 255] named "pixels" and returns an L2-normalised
 "embedding" [1, dim]; manifest.json records sha256, parity and compatibility of each file. A
@@ -98,9 +101,10 @@ def register(sub) -> None:
                    help="gallery checkpoint: run the compatibility gate against its embeddings")
     p.add_argument("--calib-data", default=None, metavar="SRC",
                    help="int8 calibration images (same kinds as --data; default: the training part of --data)")
-    p.add_argument("--calib-samples", type=int, default=200,
-                   help="calibration images for int8 (default: 200; TFLite holds a quarter of them out to choose "
-                        "how much of the graph stays float)")
+    p.add_argument("--calib-samples", type=int, default=200, help="calibration images for int8 (default: 200)")
+    p.add_argument("--probe-samples", type=int, default=3000,
+                   help="other training images on which int8 parity with fp32 chooses how much of the graph "
+                        "stays float (default: 3000; 0: a quarter of the calibration images)")
     p.add_argument("--no-check", action="store_true", help="export only; no parity or compatibility checks")
     p.add_argument("--threads", type=int, default=1, help="runtime threads for the checks (default: 1)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the manifest and table as JSON")
@@ -192,6 +196,26 @@ def _sample(ds, n: int, seed: int, what: str):
     return ds.subset(stratified_sample(ds.labels, n, seed), what.lstrip("-"))
 
 
+def _calib_and_probe(train, n_calib: int, n_probe: int, seed: int, what: str = "--calib-samples"):
+    """(calibration images, probe images) from the training part: ``n_calib`` stratified images calibrate
+    int8, and up to ``n_probe`` others (none of the calibration ones) choose how much of the graph stays
+    float; the probe is None (with a note) when no training image is left for it."""
+    from hetsearch.cmpnas.data import stratified_sample
+
+    calib = _sample(train, n_calib, seed, what)
+    if n_probe is None or n_probe <= 0:
+        return calib, None
+    used = np.zeros(len(train), bool)
+    used[stratified_sample(train.labels, n_calib, seed)] = True
+    rest = np.flatnonzero(~used)
+    if len(rest) == 0:
+        print("int8 probe: every training image calibrates; a quarter of them is held out to choose what stays "
+              "float instead", file=sys.stderr, flush=True)
+        return calib, None
+    pick = rest[stratified_sample(train.labels[rest], n_probe, seed + 10)]
+    return calib, train.subset(pick, "probe")
+
+
 def _thresholds(args) -> dict:
     from .checks import parse_threshold_args
 
@@ -221,7 +245,7 @@ def cmd_export(args) -> int:
     formats = parse_list(args.formats, mf.FORMATS, "format")
     precisions = parse_list(args.precision, mf.PRECISIONS, "precision")
     thresholds = _thresholds(args)
-    calib = check = None
+    calib = check = probe = None
     need_data = (not args.no_check) or "int8" in precisions
     if need_data:
         train, val = _split(args, args.checkpoint)
@@ -236,13 +260,13 @@ def cmd_export(args) -> int:
                     train = load_data(args.calib_data, split="train", data_dir=args.data_dir)
                 except DataError as exc:
                     raise DataError(str(exc).replace("--data ", "--calib-data ", 1)) from exc
-            calib = _sample(train, args.calib_samples, args.seed + 1, "--calib-samples")
+            calib, probe = _calib_and_probe(train, args.calib_samples, args.probe_samples, args.seed + 1)
     if args.threads < 1:
         raise HetsearchError("--threads must be at least 1")
     manifest = export_bundle(args.checkpoint, args.out, formats=formats, precisions=precisions, calib_data=calib,
                              gallery=args.gallery, check_data=check, thresholds=thresholds,
                              progress=not args.quiet, allow_mismatch=args.allow_mismatch, threads=args.threads,
-                             keep_failed=args.report_only)
+                             keep_failed=args.report_only, probe_data=probe)
     if args.quiet:
         print(format_summary(manifest))
     if args.json:

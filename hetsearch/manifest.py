@@ -186,9 +186,12 @@ class OutputSpec(Part):
 
 @_part
 class Int8Recipe(Part):
-    """How an int8 file was made: parity on held-out calibration images per try, and whether the target was met."""
+    """How an int8 file was made: parity with the fp32 file on probe images (training images that did not
+    calibrate) per recipe tried, which one was kept (what stayed float), and whether the probe target was met."""
 
-    parity_on_calibration_images: list = spec(WRITTEN)
+    parity_on_probe_images: list = spec(WRITTEN)
+    kept: str = spec(WRITTEN)
+    probe_images: int = spec(WRITTEN, minimum=1)
     met: bool = spec(WRITTEN)
 
 

@@ -76,6 +76,7 @@ class ReleaseSettings:
     max_rechecks: int = 5  # ms budgets: finalists measured after a winner measures over budget
     check_samples: int = 2000  # export checks: validation images (parity + compatibility gate)
     int8_calib_samples: int = 200
+    int8_probe_samples: int = 3000  # other training images: they choose what of an int8 graph stays float
     test_samples: int | None = None  # R@1 on the test split: all of it unless capped
     latency_samples: int = 40  # subnets measured when a device's latency model is built
     warmup: int = 5
@@ -91,6 +92,9 @@ class ReleaseSettings:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ReleaseConfigError(f"[release] {name} must be at least 1, got {getattr(self, name)}")
+        if self.int8_probe_samples < 0:
+            raise ReleaseConfigError(f"[release] int8_probe_samples must be 0 (a quarter of the calibration images) "
+                                     f"or more, got {self.int8_probe_samples}")
         for name, least in (("max_train_samples", 2), ("max_val_samples", 2), ("test_samples", 2), ("torch_threads", 1)):
             v = getattr(self, name)
             if v is not None and v < least:
@@ -509,7 +513,7 @@ class Release:
         from types import SimpleNamespace
 
         from hetsearch.export.checks import failed_records
-        from hetsearch.export.cli import _failed_message, _sample, _split
+        from hetsearch.export.cli import _calib_and_probe, _failed_message, _sample, _split
         from hetsearch.export.exporter import export_bundle
 
         s, L = self.settings, self.loaded()
@@ -517,12 +521,13 @@ class Release:
         ns = SimpleNamespace(data=L.data_name, data_dir=self.data_dir, val_fraction=None, seed=None)
         train, val = _split(ns, qdir)
         check = _sample(val, s.check_samples, ns.seed + 2, "check_samples")
-        calib = _sample(train, s.int8_calib_samples, ns.seed + 1, "int8_calib_samples") \
-            if "int8" in dev.precisions else None
+        calib, probe = _calib_and_probe(train, s.int8_calib_samples, s.int8_probe_samples, ns.seed + 1,
+                                        "int8_calib_samples") if "int8" in dev.precisions else (None, None)
         if bundle.exists():
             shutil.rmtree(bundle)
         man = export_bundle(qdir, bundle, formats=dev.formats, precisions=dev.precisions, calib_data=calib,
-                            gallery=str(self.gallery_dir), check_data=check, progress=self.progress, threads=1)
+                            gallery=str(self.gallery_dir), check_data=check, progress=self.progress, threads=1,
+                            probe_data=probe)
         entry["checks"] = {p: {"status": r.get("status"), "reason": r.get("reason"),
                                "r1_change": (r.get("compat") or {}).get("delta"),
                                "parity_cos_min": (r.get("parity") or {}).get("cos_min")}

@@ -598,17 +598,17 @@ def test_int8_keeps_working_when_a_layer_never_fires(data, tmp_path, monkeypatch
     assert entry["widened_ranges"] >= 1
     rec = manifest["checks"]["model-int8.tflite"]
     assert rec["status"] == "passed" and rec["parity"]["cos_min"] >= 0.9, rec.get("reason")
-    (body,) = entry["int8_recipe"]["parity_on_calibration_images"]  # the whole body stayed int8
-    assert body["float"] == "int8 body" and body["cos_min"] >= 0.9 and entry["int8_recipe"]["met"]
+    body = entry["int8_recipe"]["parity_on_probe_images"][0]  # with the whole body int8 the file computes
+    assert body["float"] == "int8 body" and body["cos_min"] >= 0.9, entry["int8_recipe"]
     monkeypatch.setattr(exporter, "widen_zero_ranges", lambda calibration: [])
     unfixed = mf.file_entry(export(tmp_path / "unfixed"), "model-int8.tflite")["int8_recipe"]
     # without widening the int8 body computes garbage on the held-out calibration images, and only keeping the
     # dead block's stage float (the escalation) rescues the file
-    tried = unfixed["parity_on_calibration_images"]
+    tried = unfixed["parity_on_probe_images"]
     assert not tried[0]["cos_mean"] >= 0.9 and len(tried) > 1, tried  # NaN: the SDK refused the degenerate file
     # such a file (here: the whole body int8, kept although its checks fail) is refused by the SDK with the reason,
     # before LiteRT's XNNPACK delegate sees it (on some it aborts the process: "double free or corruption")
-    monkeypatch.setattr(exporter._Converter, "INT8_LEVELS", exporter._Converter.INT8_LEVELS[:1])
+    monkeypatch.setattr(exporter._Converter, "MAX_FLOAT_SIZES", 0)
     broken = export_bundle(ck, tmp_path / "broken", formats=("tflite",), precisions=("int8",), calib_data=calib,
                            check_data=val, progress=False, keep_failed=True)
     rec = broken["checks"]["model-int8.tflite"]
@@ -732,3 +732,65 @@ def test_a_drop_fails_the_gate_only_when_it_is_over_the_limit_and_significant(bu
     b = a.copy()
     b[:3] = False  # three queries lost, none gained: 3 points on 100, standard error 1.71
     assert abs(paired_se(a, b) - 100 * np.sqrt(3 - 9 / 100) / 100) < 1e-9
+
+
+def test_int8_escalation_keeps_float_only_what_its_probe_needs(pair, data, tmp_path, monkeypatch, capsys):
+    """ONNX int8: a reachable probe target keeps the whole body int8; an unreachable one tries every feature-map
+    size greedily, keeps the best recipe (said loudly: met is false), and the nodes it names are float in the
+    file (their weights are float initializers, not DequantizeLinear outputs)."""
+    import onnx
+
+    from hetsearch.export import exporter
+    from hetsearch.export.exporter import export_bundle
+
+    train, _ = data
+    gallery, query = pair
+    calib, probe = train.subset(np.arange(0, 1500, 10)), train.subset(np.arange(5, 1500, 5))
+
+    def export(out):
+        man = export_bundle(query.path, out, formats=("onnx",), precisions=("fp32", "int8"), calib_data=calib,
+                            probe_data=probe, progress=True)
+        return mf.file_entry(man, "model-int8.onnx")
+
+    monkeypatch.setattr(exporter._Converter, "PROBE_TARGET", {"cos_min": 0.0, "cos_mean": 0.0})
+    easy = export(tmp_path / "easy")
+    recipe = easy["int8_recipe"]
+    assert [t["float"] for t in recipe["parity_on_probe_images"]] == ["int8 body"] and recipe["kept"] == "int8 body"
+    assert recipe["probe_images"] == len(probe) and recipe["probe"].startswith("training images apart")
+    fixed = easy["float_nodes"]  # the gating multiplies and the normalisation only
+
+    monkeypatch.setattr(exporter._Converter, "PROBE_TARGET", {"cos_min": 1.01, "cos_mean": 0.0})
+    monkeypatch.setattr(exporter._Converter, "MAX_FLOAT_SIZES", 1)  # one round: the body, then each size alone
+    hard = export(tmp_path / "hard")
+    recipe = hard["int8_recipe"]
+    tried = recipe["parity_on_probe_images"]
+    sizes = exporter.onnx_feature_maps(tmp_path / "hard" / "model-fp32.onnx")  # (h, w) -> nodes
+    assert not recipe["met"] and "WARNING: no int8 recipe reached cos min 1.01" in capsys.readouterr().err
+    assert len(tried) == 1 + len(sizes) and len({t["float"] for t in tried}) == len(tried)
+    best = max(tried, key=lambda t: (t["cos_min"], t["cos_mean"]))
+    assert recipe["kept"] == best["float"], tried
+    extra = [n for n in hard["float_nodes"] if n not in fixed]
+    assert len(extra) == best["float_tensors"]
+    graph = onnx.load(str(tmp_path / "hard" / "model-int8.onnx")).graph
+    producer = {o: n.op_type for n in graph.node for o in n.output}
+    init = {i.name for i in graph.initializer}
+    convs = {n.name: n for n in graph.node if n.op_type == "Conv"}
+    assert all(c.input[1] in init for name, c in convs.items() if name in extra)  # kept float: float weights
+    assert all(producer.get(c.input[1]) == "DequantizeLinear" for name, c in convs.items() if name not in extra)
+    if best["float"] != "int8 body":  # (measured here: the 7x7 maps float beat the int8 body on the probe)
+        assert any(name in extra for name in convs)
+
+
+def test_int8_probe_images_are_training_images_that_do_not_calibrate(data, capsys):
+    from hetsearch.export.cli import _calib_and_probe
+
+    train, _ = data
+    calib, probe = _calib_and_probe(train, 200, 600, 1)
+    assert len(calib) == 200 and len(probe) == 600
+    key = lambda ds: {bytes(np.ascontiguousarray(im)) for im in ds.images}  # noqa: E731
+    assert not key(calib) & key(probe)
+    assert _calib_and_probe(train, 200, 0, 1)[1] is None
+    small = train.subset(np.arange(40))
+    calib, probe = _calib_and_probe(small, 100, 600, 1)  # every image calibrates: none is left to probe
+    assert len(calib) == 40 and probe is None
+    assert "a quarter of them is held out" in capsys.readouterr().err
