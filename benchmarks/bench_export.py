@@ -203,6 +203,7 @@ def main(argv=None) -> int:
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "host": {"platform": f"{platform.system()} {platform.machine()}", "python": platform.python_version()},
         "data": {"source": "fashion-mnist train split", "check_images": len(check), "calib_images": len(calib),
+                 "probe_images": 0 if probe is None else len(probe),
                  "note": "check images: validation split (10%, seed 0) of the training data"},
         "models": models,
         "profile": {"target": "local", "threads": 1, "note": profile_note,
@@ -215,7 +216,8 @@ def main(argv=None) -> int:
     write_json(out / "export.json", result)
     md = [f"# Export benchmark{' (quick)' if args.quick else ''}", "",
           f"Measured {result['measured_at']} on {result['host']['platform']}; "
-          f"{len(check)} validation images (from the training data), {len(calib)} calibration images."
+          f"{len(check)} validation images (from the training data), {len(calib)} calibration images, "
+          f"{0 if probe is None else len(probe)} other training images probing the int8 recipes."
           + (f" {args.note}" if args.note else ""), ""]
     for name, m in models.items():
         md.append(f"- **{name}**: {m['architecture']}, {m['mmacs']:.2f} MMACs, {m['params']:,} parameters; "
@@ -223,9 +225,10 @@ def main(argv=None) -> int:
                   f"export + checks {m['export_seconds']} s; training: "
                   + (", ".join(f"{k}={v}" for k, v in m["training"].items()) or "-"))
     md += ["", "R@1 Δ: heterogeneous R@1 of the file's embeddings minus the PyTorch model's (points), ± its paired "
-           "standard error over the same images. 'int8: also float': the TFLite int8 escalation level kept (the "
-           "fixed recipe keeps I/O, hard-swish, squeeze-excitation branches, pooling, the dense head's activations and the L2 "
-           "norm float in every int8 file). "
+           "standard error over the same images. 'int8: also float': the feature maps the int8 escalation kept float "
+           "(chosen on probe training images; beyond the fixed recipe's float parts: TFLite keeps I/O, hard-swish, "
+           "squeeze-excitation branches, pooling, the dense head's activations and the L2 norm float, ONNX the "
+           "squeeze-excitation gating multiplies and the L2 norm). "
            "Core ML numbers need macOS. " + (profile_note or "Latency: local, one thread, p50."), "",
            markdown_table(_display(rows), COLUMNS, headers=HEADERS)]
     (out / "export.md").write_text("\n".join(md) + "\n")
@@ -303,7 +306,7 @@ def qat_main(args) -> int:
         info = {"float_checkpoint": f.name, "qat_checkpoint": q.name, "mmacs": f.macs / 1e6,
                 "architecture": f.spec.get("name") or f.spec.get("family"), "pytorch_r1": ctx.reference_r1,
                 "gallery_r1": ctx.gallery_r1, "check_images": len(check), "calib_images": len(calib),
-                "gallery": q.meta.get("gallery_model_id"),
+                "probe_images": 0 if probe is None else len(probe), "gallery": q.meta.get("gallery_model_id"),
                 "qat_training": {k: tc.get(k) for k in ("epochs", "lr", "qat", "qat_consistency", "batch_size")}
                 | {"seconds": round(sum(h.get("train_seconds", 0) for h in q.meta["metrics"]["history"]), 1)},
                 "bundles": {}}
@@ -354,7 +357,7 @@ def qat_main(args) -> int:
     for name, m in models.items():
         t = m["qat_training"]
         md.append(f"- **{name}** ({m['architecture']}, {m['mmacs']:.2f} MMACs): {m['check_images']} check images, "
-                  f"{m['calib_images']} calibration images; float PyTorch het R@1 {_pct(m['pytorch_r1'])}; QAT: "
+                  f"{m['calib_images']} calibration images, {m.get('probe_images', 0)} probe images; float PyTorch het R@1 {_pct(m['pytorch_r1'])}; QAT: "
                   f"{t['epochs']} epochs at lr {t['lr']}, consistency weight {t['qat_consistency']}, {t['seconds']} s")
     md += ["", markdown_table(_display(rows), QAT_COLUMNS, headers=QAT_HEADERS), "",
            f"Targets (int8 files): parity cos min >= {TARGET_COS_MIN} and R@1 within {TARGET_R1_DROP} point of the "

@@ -345,6 +345,16 @@ def cmd_show(args) -> int:
     cols = ["path", "format", "precision", "status", "size", "parity", "compat", "latency"]
     print(format_table(rows, cols, headers={"parity": "parity (cos min)", "compat": "R@1 change",
                                            "latency": "p50 per target"}))
+    for entry in m["files"]:
+        recipe = entry.get("int8_recipe")
+        if recipe and recipe.get("parity_on_probe_images"):
+            kept = next((t for t in recipe["parity_on_probe_images"] if t["float"] == recipe.get("kept")), {})
+            print(f"{entry['path']}: {'whole body int8' if not kept.get('float_tensors') else 'kept ' + kept['float'] + ' float'}"
+                  + (f" ({kept['float_tensors']} of {recipe['feature_map_tensors']} feature-map tensors)"
+                     if kept.get("float_tensors") and recipe.get("feature_map_tensors") else "")
+                  + f"; probe parity cos min {kept.get('cos_min', float('nan')):.4f} on {recipe.get('probe_images')} "
+                  f"training images, {len(recipe['parity_on_probe_images'])} recipe(s) tried"
+                  + ("" if recipe.get("met") else " (below the probe target)"))
     if args.json:
         write_json(args.json, {"bundle": str(args.bundle), "rows": rows, "manifest": m})
     return 0

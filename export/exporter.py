@@ -305,7 +305,7 @@ class _Converter:
     # 0.950 at worst, measured on the demo's four models, both formats). ``met`` records whether the probe target
     # was reached; the checks then judge the file at the floor.
     PROBE_TARGET = {"cos_min": 0.99, "cos_mean": 0.99}
-    MAX_FLOAT_SIZES: int | None = None  # rounds of escalation (None: until every feature-map size is float)
+    MAX_FLOAT_SIZES: int | None = None  # rounds of escalation (None: until one feature-map size is left int8)
 
     # TFLite int8 calibration keeps the absolute min/max of every tensor over the calibration images (as
     # onnxruntime's MinMax does): ai-edge-quantizer's default update is a moving average over single-image
@@ -402,7 +402,10 @@ class _Converter:
         best = current = attempt(())
         chosen: tuple = ()
         remaining = sorted((hw for hw in groups if groups[hw]), key=lambda hw: -hw[0] * hw[1])
-        rounds = len(remaining) if self.MAX_FLOAT_SIZES is None else min(self.MAX_FLOAT_SIZES, len(remaining))
+        # at least one feature-map size stays int8: a file with every map float would be fp32 named int8
+        rounds = max(0, len(remaining) - 1)
+        if self.MAX_FLOAT_SIZES is not None:
+            rounds = min(self.MAX_FLOAT_SIZES, rounds)
         for _ in range(rounds):
             if good(current[0]):
                 break
@@ -414,6 +417,7 @@ class _Converter:
                 best = current
         rec, path, names = best
         recipe = {"parity_on_probe_images": tried, "kept": rec["float"], "probe_images": int(len(probe)),
+                  "feature_map_tensors": sum(len(v) for v in groups.values()),
                   "probe": self.probe_what, "calibrated_on": int(len(fit)), "target": target, "met": good(rec)}
         return recipe, path, names
 
@@ -821,7 +825,8 @@ def export_bundle(checkpoint, out_dir, formats=("onnx", "tflite", "coreml"), pre
                     last = next(t for t in recipe["parity_on_probe_images"] if t["float"] == recipe["kept"])
                     say(f"{fmt} {prec}: with the body in int8, parity on {recipe['probe_images']} probe images was "
                         f"cos min {first['cos_min']:.3f} / mean {first['cos_mean']:.4f}; kept {last['float']} float "
-                        f"(cos min {last['cos_min']:.3f} / mean {last['cos_mean']:.4f}; "
+                        f"({last['float_tensors']} of {recipe['feature_map_tensors']} feature-map tensors; cos min "
+                        f"{last['cos_min']:.3f} / mean {last['cos_mean']:.4f}; "
                         f"{len(recipe['parity_on_probe_images'])} recipes tried)")
                 if recipe and not recipe["met"]:
                     say(f"{fmt} {prec}: WARNING: no int8 recipe reached cos min {recipe['target']['cos_min']} / mean "

@@ -192,6 +192,7 @@ class Int8Recipe(Part):
     parity_on_probe_images: list = spec(WRITTEN)
     kept: str = spec(WRITTEN)
     probe_images: int = spec(WRITTEN, minimum=1)
+    feature_map_tensors: int = spec(WRITTEN, minimum=0)  # those the escalation could keep float
     met: bool = spec(WRITTEN)
 
 

@@ -681,6 +681,11 @@ def test_show_tells_what_a_bundle_holds(bundle, tmp_path, capsys):
     text = capsys.readouterr().out
     assert manifest["space_id"] in text and "model-int8.tflite" in text and "passed" in text
     assert "skipped: needs macOS" in text  # Core ML off macOS
+    for name in ("model-int8.onnx", "model-int8.tflite"):  # what the int8 escalation kept float, and on what
+        recipe = mf.file_entry(manifest, name)["int8_recipe"]
+        line = next(ln for ln in text.splitlines() if ln.startswith(f"{name}: "))
+        assert f"on {recipe['probe_images']} training images" in line, line
+        assert (recipe["kept"] == "int8 body") == ("whole body int8" in line), line
     rows = json.loads((tmp_path / "s.json").read_text())["rows"]
     assert {r["path"] for r in rows} == {e["path"] for e in manifest["files"]}
     for cmd in ("show", "check"):  # a model file instead of the bundle: named as such, not "invalid JSON"
