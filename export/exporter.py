@@ -560,17 +560,28 @@ def onnx_feature_maps(model: Path) -> dict[tuple, list[str]]:
 
 
 def tflite_feature_maps(model: Path) -> dict[tuple, list[str]]:
-    """{(h, w): names of the op outputs of a TFLite file that are N×h×w×C feature maps}."""
+    """{(h, w): names of the op outputs of a TFLite file that are N×h×w×C feature maps}. A PAD's output counts
+    at its input's size (the padded 16x16 map of a 14x14 stage is that stage's), and the input normalisation,
+    computed on the N×C×H×W graph input before the layout change, at the input's H×W."""
     from ai_edge_litert import interpreter as litert
 
     interp = litert.Interpreter(model_path=str(model))
     details = interp.get_tensor_details()
+    nchw_input = [int(d) for d in interp.get_input_details()[0]["shape"]]
     groups: dict[tuple, list[str]] = {}
     for o in interp._get_ops_details():
         for i in o["outputs"]:
-            shape = details[i]["shape"]
-            if len(shape) == 4:
-                groups.setdefault((int(shape[1]), int(shape[2])), []).append(details[i]["name"])
+            shape = [int(d) for d in details[i]["shape"]]
+            if len(shape) != 4:
+                continue
+            if shape == nchw_input:
+                hw = (shape[2], shape[3])
+            elif o["op_name"] == "PAD":
+                src = details[o["inputs"][0]]["shape"]
+                hw = (int(src[1]), int(src[2]))
+            else:
+                hw = (shape[1], shape[2])
+            groups.setdefault(hw, []).append(details[i]["name"])
     return groups
 
 
