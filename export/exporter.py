@@ -363,7 +363,8 @@ class _Converter:
             widened[candidate] = widen_zero_ranges(cal)
             candidate.write_bytes(bytes(q.quantize(cal, enable_progress_report=False).quantized_model))
 
-        recipe, chosen, small = self._escalate(base, build, "tflite", tflite_feature_maps(base), fit, probe)
+        recipe, chosen, small = self._escalate(base, build, "tflite", tflite_feature_maps(base), fit, probe,
+                                               int8_names=tflite_int8_tensors)
         kept = "" if not small else f", {recipe['kept']} ({len(small)} tensors)"
         extra = {"quantization": f"static int8 (ai-edge-quantizer): int8 per-channel weights, int8 activations "
                                  f"calibrated (absolute min/max) on {len(fit)} training images{self._qat_note(qat_info)}; "
@@ -373,12 +374,13 @@ class _Converter:
         return chosen.read_bytes(), extra
 
     def _escalate(self, base: Path, build, suffix: str, groups: dict, fit: np.ndarray,
-                  probe: np.ndarray) -> tuple[dict, Path, list]:
+                  probe: np.ndarray, int8_names=None) -> tuple[dict, Path, list]:
         """Quantize with the whole body int8, then, while parity with the fp32 ``base`` on the ``probe`` images
         misses PROBE_TARGET, keep one more feature-map size float, chosen greedily: each round tries every size
         not yet float and keeps the one with the best cos min. ``build(names, path)`` writes a candidate that
         keeps ``names`` float; ``groups`` maps (h, w) to the names of that size. Returns the manifest's
-        ``int8_recipe``, the chosen candidate file and what it keeps float."""
+        ``int8_recipe``, the chosen candidate file and what it keeps float. ``int8_names(file)``, when given,
+        names what a candidate holds in int8: sizes are then limited to those names (the rest is float already)."""
         reference = _sdk_embed(base, probe)
         target = dict(self.PROBE_TARGET, cos_mean=max(self.PROBE_TARGET["cos_mean"], ck.DEFAULT_PARITY["int8"]["cos_mean"]))
         tried: list[dict] = []
@@ -400,6 +402,9 @@ class _Converter:
             return (np.nan_to_num(rec["cos_min"], nan=-2.0), np.nan_to_num(rec["cos_mean"], nan=-2.0))
 
         best = current = attempt(())
+        if int8_names is not None:
+            quantized = int8_names(current[1])
+            groups = {hw: [n for n in names if n in quantized] for hw, names in groups.items()}
         chosen: tuple = ()
         remaining = sorted((hw for hw in groups if groups[hw]), key=lambda hw: -hw[0] * hw[1])
         # at least one feature-map size stays int8: a file with every map float would be fp32 named int8
@@ -583,6 +588,13 @@ def tflite_feature_maps(model: Path) -> dict[tuple, list[str]]:
                 hw = (shape[1], shape[2])
             groups.setdefault(hw, []).append(details[i]["name"])
     return groups
+
+
+def tflite_int8_tensors(model: Path) -> set[str]:
+    """Names of the int8 tensors of a TFLite file."""
+    from ai_edge_litert import interpreter as litert
+
+    return {t["name"] for t in litert.Interpreter(model_path=str(model)).get_tensor_details() if t["dtype"] == np.int8}
 
 
 def widen_zero_ranges(calibration: dict) -> list[str]:
