@@ -9,11 +9,14 @@ precision  cos min ≥   cos mean ≥   why
 =========  ==========  ===========  ==================================================================
 fp32       0.9999      0.99999      only operator order differs (measured ≥ 0.99999 on every format)
 fp16       0.999       0.9999       fp16 weights (TFLite, Core ML) / fp16 compute (ONNX): ~1e-3 error
-int8       0.90        0.99         post-training int8: a few outliers drift (measured cos min 0.90–0.97
-                                    on 2,000–6,000 images), the mean must not (measured ≥ 0.9947)
-int8, QAT  0.95        0.995        files from a ``--qat int8`` checkpoint, with the ranges it learned
-                                    (:data:`DEFAULT_QAT_PARITY`; measured cos min ≥ 0.966, mean ≥ 0.9987):
-                                    re-calibrated ranges instead gave 0.87–0.89, which this floor refuses
+int8       0.95        0.995        post-training int8 with the escalating recipe (what the probe needs
+                                    stays float): measured cos min 0.977–0.998 and mean ≥ 0.9993 on
+                                    2,000–6,000 images for every benchmark and calibration-draw file;
+                                    the whole body int8 gave 0.82–0.97, which this floor refuses
+int8, QAT  0.97        0.998        files from a ``--qat int8`` checkpoint, with the ranges it learned
+                                    (:data:`DEFAULT_QAT_PARITY`; measured cos min ≥ 0.987, mean ≥ 0.9993
+                                    on 6,000 images): re-calibrated ranges gave 0.87–0.89 before the
+                                    escalation existed
 =========  ==========  ===========  ==================================================================
 
 **Compatibility** is what matters for search: the heterogeneous R@1 (%) of the file's embeddings
@@ -56,10 +59,10 @@ log = logging.getLogger("hetsearch.export")
 DEFAULT_PARITY = {
     "fp32": {"cos_min": 0.9999, "cos_mean": 0.99999},
     "fp16": {"cos_min": 0.999, "cos_mean": 0.9999},
-    "int8": {"cos_min": 0.90, "cos_mean": 0.99},
+    "int8": {"cos_min": 0.95, "cos_mean": 0.995},
 }
 # int8 files whose manifest entry says ``"int8_training": "qat"`` (benchmarks/results/export-qat.md)
-DEFAULT_QAT_PARITY = {"int8": {"cos_min": 0.95, "cos_mean": 0.995}}
+DEFAULT_QAT_PARITY = {"int8": {"cos_min": 0.97, "cos_mean": 0.998}}
 DEFAULT_COMPAT_DROP = {"fp32": 0.2, "fp16": 0.5, "int8": 1.5}
 DEFAULT_MIN_COMPAT_RATIO = 0.5
 DEFAULT_CHECK_SAMPLES = 2000  # the CLI default (export/check --check-samples)

@@ -93,7 +93,7 @@ def test_qat_export_int8_onnx_and_tflite_through_the_sdk(qat_run, tiny_runs, fmn
         if fmt == "tflite":
             assert runner.delegate == "xnnpack"
         # the int8 file stays close to the float weights it came from and to the fake-quantized model QAT trained
-        assert rec["parity"]["cos_min"] >= 0.95 and rec["parity"]["cos_mean"] >= 0.995, (fmt, rec["parity"])
+        assert rec["parity"]["cos_min"] >= 0.97 and rec["parity"]["cos_mean"] >= 0.998, (fmt, rec["parity"])
         assert parity_stats(sim, got)["cos_mean"] >= 0.99
         # every fake-quantization point QAT trained was found in the exported graph
         qr = e["qat_ranges"]
