@@ -146,6 +146,7 @@ def main(argv=None) -> int:
                                         {q.name: q for q in query_dirs})
     check = val.subset(stratified_sample(val.labels, n_check, 2), "check")
     calib, probe = _calib_and_probe(train, args.calib_samples, args.probe_samples, 1)
+    n_probe = 0 if probe is None else len(probe)
 
     try:
         from hetsearch.export.profile import profile_bundle
@@ -203,7 +204,7 @@ def main(argv=None) -> int:
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "host": {"platform": f"{platform.system()} {platform.machine()}", "python": platform.python_version()},
         "data": {"source": "fashion-mnist train split", "check_images": len(check), "calib_images": len(calib),
-                 "probe_images": 0 if probe is None else len(probe),
+                 "probe_images": n_probe,
                  "note": "check images: validation split (10%, seed 0) of the training data"},
         "models": models,
         "profile": {"target": "local", "threads": 1, "note": profile_note,
@@ -217,7 +218,7 @@ def main(argv=None) -> int:
     md = [f"# Export benchmark{' (quick)' if args.quick else ''}", "",
           f"Measured {result['measured_at']} on {result['host']['platform']}; "
           f"{len(check)} validation images (from the training data), {len(calib)} calibration images, "
-          f"{0 if probe is None else len(probe)} other training images probing the int8 recipes."
+          f"{n_probe} other training images probing the int8 recipes."
           + (f" {args.note}" if args.note else ""), ""]
     for name, m in models.items():
         md.append(f"- **{name}**: {m['architecture']}, {m['mmacs']:.2f} MMACs, {m['params']:,} parameters; "

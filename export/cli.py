@@ -185,7 +185,8 @@ def _split(args, ckpt_dir=None):
     return train_val_split(open_set(ds, held, "train"), fraction, seed, mode=mode)
 
 
-def _sample(ds, n: int, seed: int, what: str):
+def _sample_index(ds, n: int, seed: int, what: str):
+    """Indices of a stratified sample of ``n`` images of ``ds`` (for ``what``, named in errors)."""
     from hetsearch.cmpnas.data import stratified_sample
     from hetsearch.errors import DataError
 
@@ -193,7 +194,11 @@ def _sample(ds, n: int, seed: int, what: str):
         raise DataError(f"{what} must be a positive number of images")
     if len(ds) < 2:
         raise DataError(f"{ds.source} has {len(ds)} images; at least 2 are needed for {what}")
-    return ds.subset(stratified_sample(ds.labels, n, seed), what.lstrip("-"))
+    return stratified_sample(ds.labels, n, seed)
+
+
+def _sample(ds, n: int, seed: int, what: str):
+    return ds.subset(_sample_index(ds, n, seed, what), what.lstrip("-"))
 
 
 def _calib_and_probe(train, n_calib: int, n_probe: int, seed: int, what: str = "--calib-samples"):
@@ -202,12 +207,11 @@ def _calib_and_probe(train, n_calib: int, n_probe: int, seed: int, what: str = "
     float; the probe is None (with a note) when no training image is left for it."""
     from hetsearch.cmpnas.data import stratified_sample
 
-    calib = _sample(train, n_calib, seed, what)
+    idx = _sample_index(train, n_calib, seed, what)
+    calib = train.subset(idx, what.lstrip("-"))
     if n_probe is None or n_probe <= 0:
         return calib, None
-    used = np.zeros(len(train), bool)
-    used[stratified_sample(train.labels, n_calib, seed)] = True
-    rest = np.flatnonzero(~used)
+    rest = np.setdiff1d(np.arange(len(train)), idx)
     if len(rest) == 0:
         print("int8 probe: every training image calibrates; a quarter of them is held out to choose what stays "
               "float instead", file=sys.stderr, flush=True)
@@ -322,7 +326,7 @@ def cmd_show(args) -> int:
     from hetsearch import manifest as mf
     from hetsearch.report import format_table, write_json
 
-    from .exporter import summary_rows
+    from .exporter import describe_int8_recipe, summary_rows
 
     m = mf.load(args.bundle)
     inp, arch = m["input"], m["architecture"]
@@ -346,15 +350,8 @@ def cmd_show(args) -> int:
     print(format_table(rows, cols, headers={"parity": "parity (cos min)", "compat": "R@1 change",
                                            "latency": "p50 per target"}))
     for entry in m["files"]:
-        recipe = entry.get("int8_recipe")
-        if recipe and recipe.get("parity_on_probe_images"):
-            kept = next((t for t in recipe["parity_on_probe_images"] if t["float"] == recipe.get("kept")), {})
-            print(f"{entry['path']}: {'whole body int8' if not kept.get('float_tensors') else 'kept ' + kept['float'] + ' float'}"
-                  + (f" ({kept['float_tensors']} of {recipe['feature_map_tensors']} feature-map tensors)"
-                     if kept.get("float_tensors") and recipe.get("feature_map_tensors") else "")
-                  + f"; probe parity cos min {kept.get('cos_min', float('nan')):.4f} on {recipe.get('probe_images')} "
-                  f"training images, {len(recipe['parity_on_probe_images'])} recipe(s) tried"
-                  + ("" if recipe.get("met") else " (below the probe target)"))
+        if (entry.get("int8_recipe") or {}).get("parity_on_probe_images"):
+            print(f"{entry['path']}: {describe_int8_recipe(entry['int8_recipe'])}")
     if args.json:
         write_json(args.json, {"bundle": str(args.bundle), "rows": rows, "manifest": m})
     return 0

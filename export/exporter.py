@@ -48,6 +48,7 @@ runs on every file (:mod:`hetsearch.export.checks`).
 
 from __future__ import annotations
 
+import copy
 import logging
 import platform
 import re
@@ -211,7 +212,7 @@ class _Converter:
                                                   QuantType, quantize_static)
             from onnxruntime.quantization.shape_inference import quant_pre_process
 
-            fit, probe = self._calib_and_probe()
+            fit, probe = self._int8_images()
 
             class Reader(CalibrationDataReader):
                 def __init__(self, x):
@@ -237,7 +238,7 @@ class _Converter:
 
             groups = {hw: [n for n in names if n not in keep_float]
                       for hw, names in onnx_feature_maps(pre).items()}
-            recipe, chosen, small = self._escalate(base, build, "onnx", groups, fit, probe)
+            recipe, chosen, small = self._escalate(base, build, "onnx", groups, probe)
             shutil.copyfile(chosen, path)
             kept = "" if not small else f"; {recipe['kept']} ({len(small)} nodes)"
             extra["quantization"] = (f"static QDQ: int8 per-channel weights, uint8 activations, MinMax "
@@ -295,16 +296,15 @@ class _Converter:
         return extra
 
     # int8 escalation (ONNX and TFLite): the body is quantized; then, while parity with the fp32 file on probe
-    # images (training images that did not calibrate, PROBE_IMAGES by default) misses PROBE_TARGET, one more
-    # feature-map size stays float, chosen greedily by the probe (every size not yet float is tried). Which
-    # layers need float depends on the model: the demo's mbv3-small needs its 14x14 maps float (ONNX, 2,000
-    # validation images: cos min 0.944 int8 body, 0.965 with the 7x7-and-smaller stages float, 0.998 with the
-    # 14x14 ones too, 0.999 with only the 7x7-and-larger maps float) while its tiny and searched models needed the
-    # small ones (4x4 and smaller: 0.966 -> 0.978, 7x7 and smaller: 0.993). The target is the issue's cos min 0.98
-    # plus 0.01: a probe of 1,000 images sees only part of the gate's tail (probe 0.985 / 2,000 validation images
-    # 0.950 at worst, measured on the demo's four models, both formats). ``met`` records whether the probe target
-    # was reached; the checks then judge the file at the floor.
-    PROBE_TARGET = {"cos_min": 0.99, "cos_mean": 0.99}
+    # images (training images that did not calibrate; the CLI's --probe-samples, 3,000 by default) misses
+    # PROBE_TARGET, one more feature-map size stays float, chosen greedily by the probe (every size not yet float
+    # is tried). Which layers need float depends on the model: the demo's mbv3-small needs its 14x14 maps float
+    # (ONNX, 2,000 validation images: cos min 0.942 int8 body, 0.965 with the 7x7-and-smaller stages float, 0.997
+    # with the 7x7 and 14x14 maps float) while its tiny and searched models need the small ones. The cos min
+    # target is the issue's 0.98 plus 0.01 because a probe sees only part of the gate's tail (a 1,000-image probe
+    # read 0.985 where 2,000 validation images read 0.950 for the same file); the mean target is the int8 floor.
+    # ``met`` records whether the target was reached; the checks then judge the file at the floor.
+    PROBE_TARGET = {"cos_min": 0.99, "cos_mean": 0.995}
     MAX_FLOAT_SIZES: int | None = None  # rounds of escalation (None: until one feature-map size is left int8)
 
     # TFLite int8 calibration keeps the absolute min/max of every tensor over the calibration images (as
@@ -318,13 +318,11 @@ class _Converter:
         from ai_edge_quantizer.utils import qsv_utils
 
         op = qtyping.TFLOperationName
-        fit, probe = self._calib_and_probe()
+        fit, probe = self._int8_images()
         samples = {"serving_default": [{"pixels": fit[i : i + 1]} for i in range(len(fit))]}
         widened: dict[Path, list[str]] = {}  # per candidate: the zero-width ranges it widened
-        qat_info: dict = {}
 
-        def build(float_tensors, candidate):
-            nonlocal qat_info
+        def recipe(float_tensors):
             rm = recipe_manager.RecipeManager()
             rm.add_static_config(regex=".*", operation_name=op.ALL_SUPPORTED, activation_num_bits=8, weight_num_bits=8)
             # keep the graph's input and output float32 (the bundle contract)
@@ -350,31 +348,39 @@ class _Converter:
             if float_tensors:  # feature maps kept float by the escalation (found by shape, not by exported names)
                 rm.add_quantization_config(regex="|".join(re.escape(n) for n in float_tensors),
                                            operation_name=op.ALL_SUPPORTED, algorithm_key=AlgorithmName.NO_QUANTIZE)
-            q = quantizer.Quantizer(str(base), rm.get_quantization_recipe())
-            cal_run = calibrator.Calibrator(base.read_bytes(), num_threads=max(1, self.threads),
-                                            qsv_update_func=qsv_utils.min_max_update)
-            cal_run.calibrate(samples, rm)
-            cal = cal_run.get_model_qsvs()
-            learned, qat_info = self._qat_ranges("tflite", lambda: tflite_intermediates(base, self.qat_pixels), True)
-            for name, (lo, hi) in learned.items():
-                if isinstance(cal.get(name), dict) and "min" in cal[name]:
-                    cal[name]["min"] = np.full_like(np.asarray(cal[name]["min"]), lo)
-                    cal[name]["max"] = np.full_like(np.asarray(cal[name]["max"]), hi)
+            return rm
+
+        # calibrated once, with the whole body int8 (every tensor a candidate can quantize), then the ranges QAT
+        # learned where it has them; each candidate quantizes from a copy (widening edits it in place)
+        cal_run = calibrator.Calibrator(base.read_bytes(), num_threads=max(1, self.threads),
+                                        qsv_update_func=qsv_utils.min_max_update)
+        cal_run.calibrate(samples, recipe([]))
+        calibrated = cal_run.get_model_qsvs()
+        learned, qat_info = self._qat_ranges("tflite", lambda: tflite_intermediates(base, self.qat_pixels), True)
+        for name, (lo, hi) in learned.items():
+            if isinstance(calibrated.get(name), dict) and "min" in calibrated[name]:
+                calibrated[name]["min"] = np.full_like(np.asarray(calibrated[name]["min"]), lo)
+                calibrated[name]["max"] = np.full_like(np.asarray(calibrated[name]["max"]), hi)
+
+        def build(float_tensors, candidate):
+            cal = copy.deepcopy(calibrated)
             widened[candidate] = widen_zero_ranges(cal)
+            q = quantizer.Quantizer(str(base), recipe(float_tensors).get_quantization_recipe())
             candidate.write_bytes(bytes(q.quantize(cal, enable_progress_report=False).quantized_model))
 
-        recipe, chosen, small = self._escalate(base, build, "tflite", tflite_feature_maps(base), fit, probe,
-                                               int8_names=tflite_int8_tensors)
-        kept = "" if not small else f", {recipe['kept']} ({len(small)} tensors)"
+        chosen_recipe, chosen, small = self._escalate(base, build, "tflite", tflite_feature_maps(base), probe,
+                                                      int8_names=tflite_int8_tensors)
+        kept = "" if not small else f", {chosen_recipe['kept']} ({len(small)} tensors)"
         extra = {"quantization": f"static int8 (ai-edge-quantizer): int8 per-channel weights, int8 activations "
                                  f"calibrated (absolute min/max) on {len(fit)} training images{self._qat_note(qat_info)}; "
                                  f"float32 I/O, hard-swish, squeeze-excitation branches, pooling, dense head (int8 weights), "
                                  f"L2 norm{kept}", **({"qat_ranges": qat_info} if qat_info else {}),
-                 "calibration_images": int(len(fit)), "widened_ranges": len(widened[chosen]), "int8_recipe": recipe}
+                 "calibration_images": int(len(fit)), "widened_ranges": len(widened[chosen]),
+                 "int8_recipe": chosen_recipe}
         return chosen.read_bytes(), extra
 
-    def _escalate(self, base: Path, build, suffix: str, groups: dict, fit: np.ndarray,
-                  probe: np.ndarray, int8_names=None) -> tuple[dict, Path, list]:
+    def _escalate(self, base: Path, build, suffix: str, groups: dict, probe: np.ndarray,
+                  int8_names=None) -> tuple[dict, Path, list]:
         """Quantize with the whole body int8, then, while parity with the fp32 ``base`` on the ``probe`` images
         misses PROBE_TARGET, keep one more feature-map size float, chosen greedily: each round tries every size
         not yet float and keeps the one with the best cos min. ``build(names, path)`` writes a candidate that
@@ -382,7 +388,7 @@ class _Converter:
         ``int8_recipe``, the chosen candidate file and what it keeps float. ``int8_names(file)``, when given,
         names what a candidate holds in int8: sizes are then limited to those names (the rest is float already)."""
         reference = _sdk_embed(base, probe)
-        target = dict(self.PROBE_TARGET, cos_mean=max(self.PROBE_TARGET["cos_mean"], ck.DEFAULT_PARITY["int8"]["cos_mean"]))
+        target = dict(self.PROBE_TARGET)
         tried: list[dict] = []
 
         def attempt(sizes: tuple) -> tuple[dict, Path, list]:
@@ -423,7 +429,7 @@ class _Converter:
         rec, path, names = best
         recipe = {"parity_on_probe_images": tried, "kept": rec["float"], "probe_images": int(len(probe)),
                   "feature_map_tensors": sum(len(v) for v in groups.values()),
-                  "probe": self.probe_what, "calibrated_on": int(len(fit)), "target": target, "met": good(rec)}
+                  "probe": self.probe_what, "target": target, "met": good(rec)}
         return recipe, path, names
 
     # ---- QAT: the learned activation ranges
@@ -505,7 +511,7 @@ class _Converter:
         ml.save(str(path))
         return extra
 
-    def _calib_and_probe(self) -> tuple[np.ndarray, np.ndarray]:
+    def _int8_images(self) -> tuple[np.ndarray, np.ndarray]:
         """(calibration images, probe images): the probe images given, else a held-out quarter of calibration."""
         calib = self._need_calib()
         if self.probe is not None and len(self.probe):
@@ -527,12 +533,27 @@ def _sdk_embed(path: Path, pixels: np.ndarray, dim: int | None = None) -> np.nda
     from .runners import SdkRunner
 
     try:
-        runner = SdkRunner(path, {"format": "onnx" if path.suffix == ".onnx" else "tflite"})
+        runner = SdkRunner(path)
         return runner.embed(pixels)
     except (ModelError, BundleError):
         if dim is None:
             raise
         return np.full((len(pixels), dim), np.nan, np.float32)
+
+
+def describe_int8_recipe(recipe: dict) -> str:
+    """One line on what an int8 file's escalation kept float and the probe parity behind it (``int8_recipe``)."""
+    tried = recipe["parity_on_probe_images"]
+    body = tried[0]
+    kept = next((t for t in tried if t["float"] == recipe.get("kept")), body)
+    what = "whole body int8" if not kept.get("float_tensors") else f"kept {kept['float']} float"
+    if kept.get("float_tensors") and recipe.get("feature_map_tensors"):
+        what += f" ({kept['float_tensors']} of {recipe['feature_map_tensors']} feature-map tensors)"
+    line = (f"{what}; probe parity cos min {kept['cos_min']:.4f} / mean {kept['cos_mean']:.4f} on "
+            f"{recipe.get('probe_images')} training images")
+    if kept is not body:
+        line += f" (body int8: {body['cos_min']:.4f} / {body['cos_mean']:.4f})"
+    return line + f", {len(tried)} recipe(s) tried" + ("" if recipe.get("met") else ", below the probe target")
 
 
 def _split_probe(calib: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -844,13 +865,7 @@ def export_bundle(checkpoint, out_dir, formats=("onnx", "tflite", "coreml"), pre
                 say(f"{fmt} {prec}: exported {name} ({_size(entry['bytes'])}, {entry['export_seconds']:.1f} s)")
                 recipe = entry.get("int8_recipe")
                 if recipe and len(recipe["parity_on_probe_images"]) > 1:
-                    first = recipe["parity_on_probe_images"][0]
-                    last = next(t for t in recipe["parity_on_probe_images"] if t["float"] == recipe["kept"])
-                    say(f"{fmt} {prec}: with the body in int8, parity on {recipe['probe_images']} probe images was "
-                        f"cos min {first['cos_min']:.3f} / mean {first['cos_mean']:.4f}; kept {last['float']} float "
-                        f"({last['float_tensors']} of {recipe['feature_map_tensors']} feature-map tensors; cos min "
-                        f"{last['cos_min']:.3f} / mean {last['cos_mean']:.4f}; "
-                        f"{len(recipe['parity_on_probe_images'])} recipes tried)")
+                    say(f"{fmt} {prec}: {describe_int8_recipe(recipe)}")
                 if recipe and not recipe["met"]:
                     say(f"{fmt} {prec}: WARNING: no int8 recipe reached cos min {recipe['target']['cos_min']} / mean "
                         f"{recipe['target']['cos_mean']} on {recipe['probe_images']} probe images; the checks decide")
