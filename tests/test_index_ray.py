@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -29,20 +30,45 @@ RAY_ENV = {"RAY_AUTH_MODE": "disabled",  # else ray.init writes a token to ~/.ra
 
 @pytest.fixture(scope="module")
 def ray_local():
-    """One local Ray for the module: 2 CPUs, no dashboard, a small object store, files under a temp folder."""
+    """One Ray cluster for the module: 2 CPUs, no dashboard, a small object store, files under a temp folder. It
+    runs in its own process (``ray start --head --block``) and this process joins it by address: a local
+    ``ray.init`` here would fork Ray's raylet from the test process, which earlier tests have made multithreaded
+    (JAX), and such a fork can deadlock before the raylet starts (CI saw "The current node timed out during
+    startup" with no raylet log at all)."""
     token = Path.home() / ".ray" / "auth_token"
     had_token = token.exists()
     saved = {k: os.environ.get(k) for k in RAY_ENV}
     os.environ.update(RAY_ENV)
     tmp = tempfile.mkdtemp(prefix="hs-ray-")  # short: Ray's socket paths live under it
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
+                             f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
+                             "--include-dashboard=false", f"--object-store-memory={100 * 2**20}",
+                             f"--temp-dir={tmp}", "--disable-usage-stats"],
+                            stdout=subprocess.DEVNULL, stderr=open(Path(tmp) / "head.log", "wb"))
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20, _temp_dir=tmp,
-             logging_level="warning")
     try:
+        deadline = time.monotonic() + 120
+        while True:  # the head takes seconds to come up; connecting before that fails
+            try:
+                ray.init(address=f"127.0.0.1:{port}", logging_level="warning")
+                break
+            except (ConnectionError, RuntimeError) as exc:
+                if head.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the module's Ray head did not come up: {exc}\n"
+                                       + (Path(tmp) / "head.log").read_text(errors="replace")[-3000:]) from exc
+                time.sleep(1)
         yield ray
     finally:
         ray.shutdown()
+        head.terminate()  # --block: stopping the command stops the cluster it started
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            head.kill()
         shutil.rmtree(tmp, ignore_errors=True)
         for k, v in saved.items():
             if v is None:
