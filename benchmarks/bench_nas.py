@@ -47,6 +47,9 @@ def parse_args(argv=None):
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gallery", required=True, help="trained gallery checkpoint (the paragon)")
     p.add_argument("--supernet", default=None, help="a trained supernet (default: train one in OUT/nas-work)")
+    p.add_argument("--budget-supernet", action="append", default=[], metavar="B1,B2=DIR",
+                   help="search these budgets (main or extra) in another supernet, e.g. one of another layout "
+                        "(repeatable; the other budgets use --supernet)")
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--quick", action="store_true", help="tiny settings: a few minutes, numbers not meaningful")
     p.add_argument("--data", default="fashion-mnist")
@@ -140,14 +143,14 @@ def _ft_cfg(args, seed, ctx):
     return _cfg(args, seed, ctx["compat"], lr=args.finetune_lr, warmup=0.2)
 
 
-def _finalist(args, seed: int, ctx: dict, pool: list[dict], budget: float, sub_dir: Path, rr_dir: Path):
+def _finalist(args, seed: int, ctx: dict, sn: Path, pool: list[dict], budget: float, sub_dir: Path, rr_dir: Path):
     """The subnet to finetune for one budget: the search's winner, or (``--rerank K``) the best of its K
     finalists after a short finetune each (validation split only). Returns (subnet, row fields)."""
     if not args.rerank:
         return sub_dir, {}
     from hetsearch.cmpnas.nas.rerank import finalists, rerank, rerank_config
 
-    res = rerank(ctx["train"], ctx["supernet"], ctx["gallery"], finalists(pool, budget, args.rerank, args.rerank_floor),
+    res = rerank(ctx["train"], sn, ctx["gallery"], finalists(pool, budget, args.rerank, args.rerank_floor),
                  rr_dir,
                  rerank_config(epochs=args.rerank_epochs, max_train_samples=args.max_train_samples,
                                max_val_samples=args.max_val_samples, seed=seed, threads=args.threads,
@@ -183,23 +186,29 @@ def run_hand(args, seed: int, ctx: dict) -> list[dict]:
 
 
 def run_nas(args, seed: int, ctx: dict) -> list[dict]:
-    """The search of one seed (evolution + its random baseline) and the finetuning of both winners per budget."""
+    """The searches of one seed (evolution + its random baseline, one per supernet) and the finetuning of both
+    winners per budget."""
+    # rows cached before they named their supernet get it from their group (its key proves which one it was)
+    return [{"supernet": g["name"], **r} for g in ctx["groups"] if g["budgets"] for r in _run_nas_group(args, seed, ctx, g)]
+
+
+def _run_nas_group(args, seed: int, ctx: dict, g: dict) -> list[dict]:
     from hetsearch.cmpnas.checkpoint import load_checkpoint
     from hetsearch.cmpnas.nas.search import SearchConfig, budget_dirname, finetune_subnet, run_search
 
     work = ctx["work"] / f"seed-{seed}"
-    key = dict(ctx["key"]) | {"seed": seed}
-    skey = dict(ctx["search_key"]) | {"seed": seed}
+    key = dict(g["key"]) | {"seed": seed}
+    skey = dict(g["search_key"]) | {"seed": seed}
     gck, train_data, test, g_test = ctx["gallery"], ctx["train"], ctx["test"], ctx["g_test"]
     progress = not args.no_progress
 
     def go():
         rows = []
-        se = work / "search"
+        se = work / f"search{g['suffix']}"
         if (se / "search.json").exists() and _done(se, skey):
             search = json.loads((se / "search.json").read_text())
         else:
-            search = run_search(ctx["supernet"], train_data, gck, se, ctx["budgets"], reward=args.reward,
+            search = run_search(g["sn"], train_data, gck, se, g["budgets"], reward=args.reward,
                                 scfg=SearchConfig(population=args.population, generations=args.generations, seed=seed,
                                                   tie_tolerance=args.tie_tolerance),
                                 max_val_samples=args.max_val_samples, progress=progress)
@@ -211,40 +220,44 @@ def run_nas(args, seed: int, ctx: dict) -> list[dict]:
                     ck = load_checkpoint(sub_dir)
                     het, homo = _het_homo(ck.model, test, g_test)
                     rows.append({"method": METHODS[2], "arch": ck.name, "budget": b, "mmacs": ck.macs / 1e6, "r1": het,
-                                 "het_r1": het, "homo_r1": homo, "seed": seed,
+                                 "het_r1": het, "homo_r1": homo, "seed": seed, "supernet": g["name"],
                                  "val_het_r1": search["best"][f"{b:g}"]["het_r1"]})
                 ft_dir = work / f"finetune-{'random-' if tag else ''}{b:g}"
                 pool = search["random"]["evaluated"] if tag else search["evaluated"]
-                subnet, rr = _finalist(args, seed, ctx, pool, b, sub_dir, work / f"rerank-{'random-' if tag else ''}{b:g}")
-                ck = _trained(ft_dir, key, lambda: finetune_subnet(train_data, ctx["supernet"], subnet, gck, ft_dir,
+                subnet, rr = _finalist(args, seed, ctx, g["sn"], pool, b, sub_dir,
+                                       work / f"rerank-{'random-' if tag else ''}{b:g}")
+                ck = _trained(ft_dir, key, lambda: finetune_subnet(train_data, g["sn"], subnet, gck, ft_dir,
                                                               _ft_cfg(args, seed, ctx), progress=progress))
                 het, homo = _het_homo(ck.model, test, g_test)
                 rows.append({"method": method, "arch": json.dumps(ck.meta["nas"]["arch"]), "budget": b,
                              "mmacs": ck.macs / 1e6, "r1": het, "het_r1": het, "homo_r1": homo, "seed": seed,
+                             "supernet": g["name"],
                              "evaluations": search["evaluations"] if not tag else search["random"]["evaluations"],
                              **rr})
         return rows
 
-    return _cached_rows(work / "rows-nas.json", key, go)
+    return _cached_rows(work / f"rows-nas{g['suffix']}.json", key, go)
 
 
 def run_extra(args, seed: int, ctx: dict) -> list[dict]:
     """A separate evolutionary search for the extra budgets (the cost-reduction targets), winners finetuned."""
+    return [{"supernet": g["name"], **r} for g in ctx["groups"] if g["extra"] for r in _run_extra_group(args, seed, ctx, g)]
+
+
+def _run_extra_group(args, seed: int, ctx: dict, g: dict) -> list[dict]:
     from hetsearch.cmpnas.nas.search import SearchConfig, budget_dirname, finetune_subnet, run_search
 
-    budgets = [float(b) for b in (args.extra_budgets or "").split(",") if b.strip()]
-    if not budgets:
-        return []
+    budgets = g["extra"]
     work = ctx["work"] / f"seed-{seed}"
-    key = dict(ctx["key"]) | {"seed": seed, "extra_budgets": budgets}
-    skey = dict(ctx["search_key"]) | {"seed": seed, "extra_budgets": budgets}
+    key = dict(g["key"]) | {"seed": seed, "extra_budgets": budgets}
+    skey = dict(g["search_key"]) | {"seed": seed, "extra_budgets": budgets}
 
     def go():
-        se = work / "search-extra"
+        se = work / f"search-extra{g['suffix']}"
         if (se / "search.json").exists() and _done(se, skey):
             search = json.loads((se / "search.json").read_text())
         else:
-            search = run_search(ctx["supernet"], ctx["train"], ctx["gallery"], se, budgets, reward=args.reward,
+            search = run_search(g["sn"], ctx["train"], ctx["gallery"], se, budgets, reward=args.reward,
                                 scfg=SearchConfig(population=args.population, generations=args.generations, seed=seed,
                                                   tie_tolerance=args.tie_tolerance),
                                 random_baseline=False, max_val_samples=args.max_val_samples,
@@ -253,17 +266,18 @@ def run_extra(args, seed: int, ctx: dict) -> list[dict]:
         rows = []
         for b in search["budgets"]:
             ft_dir = work / f"finetune-extra-{b:g}"
-            subnet, rr = _finalist(args, seed, ctx, search["evaluated"], b, se / budget_dirname(b),
+            subnet, rr = _finalist(args, seed, ctx, g["sn"], search["evaluated"], b, se / budget_dirname(b),
                                    work / f"rerank-extra-{b:g}")
-            ck = _trained(ft_dir, key, lambda: finetune_subnet(ctx["train"], ctx["supernet"], subnet, ctx["gallery"],
+            ck = _trained(ft_dir, key, lambda: finetune_subnet(ctx["train"], g["sn"], subnet, ctx["gallery"],
                                                           ft_dir, _ft_cfg(args, seed, ctx),
                                                           progress=not args.no_progress))
             het, homo = _het_homo(ck.model, ctx["test"], ctx["g_test"])
             rows.append({"method": METHODS[5], "arch": json.dumps(ck.meta["nas"]["arch"]), "budget": b,
-                         "mmacs": ck.macs / 1e6, "r1": het, "het_r1": het, "homo_r1": homo, "seed": seed, **rr})
+                         "mmacs": ck.macs / 1e6, "r1": het, "het_r1": het, "homo_r1": homo, "seed": seed,
+                         "supernet": g["name"], **rr})
         return rows
 
-    return _cached_rows(work / "rows-extra.json", key, go)
+    return _cached_rows(work / f"rows-extra{g['suffix']}.json", key, go)
 
 
 def aggregate(rows: list[dict], paragon_r1: float, paragon_mmacs: float) -> list[dict]:
@@ -280,7 +294,8 @@ def aggregate(rows: list[dict], paragon_r1: float, paragon_mmacs: float) -> list
                     "r1_mean": statistics.mean(r1), "r1_std": statistics.stdev(r1) if len(r1) > 1 else float("nan"),
                     "gap_mean": paragon_r1 - statistics.mean(r1), "per_seed": r1,
                     "homo_r1_mean": statistics.mean(r["homo_r1"] for r in rs),
-                    "arch": rs[0]["arch"] if method.startswith(("homogeneous", "hand")) else None})
+                    "arch": rs[0]["arch"] if method.startswith(("homogeneous", "hand")) else None,
+                    "supernet": rs[0].get("supernet")})
     return out
 
 
@@ -292,6 +307,60 @@ def preset_budgets() -> tuple[dict, dict]:
 
     presets = {name: count_macs(build_model(name)) / 1e6 for name in QUERY_PRESETS}
     return presets, {n: math.ceil(m * 1000) / 1000 for n, m in presets.items()}
+
+
+def _parse_budget_supernets(entries: list[str]) -> dict[float, Path]:
+    out: dict[float, Path] = {}
+    for e in entries:
+        bs, sep, path = e.partition("=")
+        try:
+            vals = [float(b) for b in bs.split(",") if b.strip()]
+        except ValueError:
+            vals = []
+        if not sep or not path or not vals:
+            raise HetsearchError(f"--budget-supernet {e!r}: expected B1,B2=DIR (MMACs budgets, then a supernet folder)")
+        for b in vals:
+            if b in out:
+                raise HetsearchError(f"--budget-supernet: budget {b:g} is given twice")
+            out[b] = Path(path)
+    return out
+
+
+def supernet_groups(args, default: Path, budgets: list[float], extra: list[float], common: dict) -> list[dict]:
+    """The supernets to search and the budgets each serves (``--supernet`` for every budget that
+    ``--budget-supernet`` does not give another one), each with the cache keys of its stages."""
+    mapping = _parse_budget_supernets(args.budget_supernet)
+    unknown = sorted(b for b in mapping if b not in budgets + extra)
+    if unknown:
+        raise HetsearchError(f"--budget-supernet names budget(s) {unknown} that are neither --budgets {budgets} nor "
+                             f"--extra-budgets {extra}")
+    groups = []
+    for sn in dict.fromkeys([default, *mapping.values()]):
+        gb = [b for b in budgets if mapping.get(b, default) == sn]
+        ge = [b for b in extra if mapping.get(b, default) == sn]
+        if not (gb or ge):
+            continue
+        if not (sn / "supernet.pt").exists():
+            raise HetsearchError(f"supernet {sn}: no supernet.pt there")
+        meta = json.loads((sn / "meta.json").read_text()) if (sn / "meta.json").exists() else {}
+        planned = (meta.get("train_config") or {}).get("epochs")
+        if planned and meta.get("epochs_done", 0) < planned:
+            raise HetsearchError(f"the supernet {sn} has trained {meta.get('epochs_done')} of {planned} epochs (still "
+                                 "training, or stopped): finish it (nas supernet --resume) before searching it")
+        space_file = sn / "config.json"
+        digest = hashlib.sha256(space_file.read_bytes()).hexdigest()[:16] if space_file.exists() else None
+        # the default supernet's stages keep their names and keys (earlier runs stay reusable)
+        key = {"gallery": common["gallery"], "supernet_epochs": meta.get("epochs_done"), "supernet": sn.name,
+               "supernet_space": digest, "budgets": gb, **{k: v for k, v in common.items() if k != "gallery"}}
+        search_key = dict(key)  # a search does not depend on what happens to its winners afterwards
+        if args.rerank:
+            key |= {"rerank": args.rerank, "rerank_epochs": args.rerank_epochs, "rerank_floor": args.rerank_floor}
+        if args.finetune_lr != 0.03:  # runs before lr 0.1 became the default recorded no lr in their key
+            key |= {"finetune_lr": args.finetune_lr}
+        groups.append({"sn": sn, "name": sn.name, "suffix": "" if sn == default else f"-{sn.name}", "budgets": gb,
+                       "extra": ge, "key": key, "search_key": search_key, "meta": meta,
+                       "space": json.loads(space_file.read_text()) if space_file.exists() else {}})
+    return groups
 
 
 def run(args) -> dict:
@@ -333,24 +402,12 @@ def run(args) -> dict:
                                                         seed=0, threads=args.threads, compat=compat,
                                                         num_random=args.num_random),
                        progress=not args.no_progress, data_name=args.data)
-    sn_meta = json.loads((sn / "meta.json").read_text()) if (sn / "meta.json").exists() else {}
-    planned = (sn_meta.get("train_config") or {}).get("epochs")
-    if not args.hand_only and planned and sn_meta.get("epochs_done", 0) < planned:
-        raise HetsearchError(f"the supernet {sn} has trained {sn_meta.get('epochs_done')} of {planned} epochs (still "
-                             "training, or stopped): finish it (nas supernet --resume) before searching it")
-    space_file = sn / "config.json"
-    space_digest = hashlib.sha256(space_file.read_bytes()).hexdigest()[:16] if space_file.exists() else None
-    key = {"gallery": gck.space_id, "supernet_epochs": sn_meta.get("epochs_done"), "supernet": sn.name,
-           "supernet_space": space_digest,
-           "budgets": budgets, "compat": compat, **{k: getattr(args, k) for k in FULL}, "reward": args.reward,
-           "tie_tolerance": args.tie_tolerance}
-    search_key = dict(key)  # a search does not depend on what happens to its winners afterwards
-    if args.rerank:
-        key |= {"rerank": args.rerank, "rerank_epochs": args.rerank_epochs, "rerank_floor": args.rerank_floor}
-    if args.finetune_lr != 0.03:  # runs before lr 0.1 became the default recorded no lr in their key
-        key |= {"finetune_lr": args.finetune_lr}
-    ctx = {"work": work, "key": key, "search_key": search_key, "gallery": gck, "train": train_data, "test": test, "g_test": g_test,
-           "presets": presets, "budget_of": budget_of, "budgets": budgets, "supernet": sn, "compat": compat}
+    common = {"gallery": gck.space_id, "compat": compat, **{k: getattr(args, k) for k in FULL}, "reward": args.reward,
+              "tie_tolerance": args.tie_tolerance}
+    extra = [float(b) for b in (args.extra_budgets or "").split(",") if b.strip()]
+    groups = [] if args.hand_only else supernet_groups(args, sn, budgets, extra, common)
+    ctx = {"work": work, "key": common, "gallery": gck, "train": train_data, "test": test, "g_test": g_test,
+           "presets": presets, "budget_of": budget_of, "budgets": budgets, "groups": groups, "compat": compat}
     all_rows = []
     for seed in args.seed_list:
         t = time.time()
@@ -368,9 +425,12 @@ def run(args) -> dict:
         "benchmark": "cmpnas", "data": f"{args.data} (test split, {len(test)} images)", "quick": bool(args.quick),
         "paragon": {"model": gck.name, "mmacs": paragon_mmacs, "r1": paragon_r1},
         "seeds": args.seed_list, "compat": compat, "budgets": budgets,
-        "supernet": {"name": sn.name, "schedule": sn_meta.get("schedule", "sandwich"), "epochs": sn_meta.get("epochs_done"),
-                     "train_config": {k: (sn_meta.get("train_config") or {}).get(k)
-                                      for k in ("epochs", "max_train_samples", "num_random", "schedule", "seed")}},
+        "supernets": [{"name": g["name"], "budgets": g["budgets"], "extra_budgets": g["extra"],
+                       "schedule": g["meta"].get("schedule", "sandwich"), "epochs": g["meta"].get("epochs_done"),
+                       "hires": g["space"].get("hires", [0]),
+                       "train_config": {k: (g["meta"].get("train_config") or {}).get(k)
+                                        for k in ("epochs", "max_train_samples", "num_random", "schedule", "seed")}}
+                      for g in groups],
         "settings": {k: getattr(args, k) for k in FULL} | {"reward": args.reward, "threads": args.threads,
                                                             "tie_tolerance": args.tie_tolerance,
                                                             "finetune_lr": args.finetune_lr, "rerank": args.rerank,
@@ -384,7 +444,8 @@ def run(args) -> dict:
     md_rows = [{"method": "paragon (gallery both sides)", "budget": "-", "mmacs": paragon_mmacs, "cost_reduction": 1.0,
                 "r1": f"{paragon_r1:.2f}", "gap": "0.00", "seeds": 1, "homo": f"{paragon_r1:.2f}"}]
     for r in table:
-        md_rows.append({"method": r["method"] + (f" ({r['arch']})" if r["arch"] else ""), "budget": r["budget"],
+        sn_tag = f" [{r['supernet']}]" if r.get("supernet") and len(groups) > 1 else ""
+        md_rows.append({"method": r["method"] + (f" ({r['arch']})" if r["arch"] else "") + sn_tag, "budget": r["budget"],
                         "mmacs": r["mmacs"], "cost_reduction": r["cost_reduction"],
                         "r1": f"{r['r1_mean']:.2f} ± {r['r1_std']:.2f}", "gap": f"{r['gap_mean']:.2f}",
                         "seeds": r["seeds"], "homo": f"{r['homo_r1_mean']:.2f}"})
@@ -400,10 +461,8 @@ def run(args) -> dict:
              f"inherited reward costing at least {args.rerank_floor:g} of the budget are finetuned for "
              f"{args.rerank_epochs} epoch(s) and the best on the validation split is finetuned in full; the "
              f"'inherited weights' row is the search's own winner before that. " if args.rerank else "")
-          + f"One supernet ({sn.name}: {result['supernet']['schedule']}, {result['supernet']['epochs']} epochs, "
-          f"seed 0) serves all seeds: the seed drives the compact models' training and the search, not the "
-          f"supernet's training. R@1 is heterogeneous (query model vs gallery embeddings) except for the "
-          f"'alone' rows (homogeneous).\n\n",
+          + _supernets_sentence(result["supernets"]) + " R@1 is heterogeneous (query model vs gallery embeddings) "
+          "except for the 'alone' rows (homogeneous).\n\n",
           markdown_table(md_rows, cols, headers=hdr), "\n\n## Targets\n\n",
           *[f"- {t['target']}: **{'met' if t['met'] else 'not met'}** — {t['detail']}\n" for t in result["targets"]],
           f"\nSettings: {json.dumps(result['settings'])}; wall time of this (aggregating) run {result['seconds']:.0f} s.\n"]
@@ -414,6 +473,26 @@ def run(args) -> dict:
         print(f"{t['target']}: {'met' if t['met'] else 'not met'} ({t['detail']})")
     print(f"written {out / 'nas.json'}, {out / 'nas.md'}, {out / 'nas.png'}")
     return result
+
+
+def _supernets_sentence(sns: list[dict]) -> str:
+    def one(s):
+        layout = {(0,): "", (1,): ", 14x14 layout (hires 1)", (0, 1): ", hires 0 and 1"}.get(tuple(s["hires"]), "")
+        return f"{s['name']}: {s['schedule']}, {s['epochs']} epochs, seed 0{layout}"
+
+    if len(sns) == 1:
+        return (f"One supernet ({one(sns[0])}) serves all seeds: the seed drives the compact models' training and the "
+                "search, not the supernet's training.")
+    parts = [f"{one(s)} for {', '.join(f'{b:g}' for b in s['budgets'] + s['extra_budgets'])} MMACs" for s in sns]
+    return (f"{len(sns)} supernets ({'; '.join(parts)}), each serving all seeds: the seed drives the compact models' "
+            "training and the search, not the supernets' training.")
+
+
+def _diff_se(a: dict, b: dict) -> float:
+    """Standard error of the difference of two means over seeds (unpaired; nan with a single seed)."""
+    if a["seeds"] < 2 or b["seeds"] < 2:
+        return float("nan")
+    return math.sqrt(a["r1_std"] ** 2 / a["seeds"] + b["r1_std"] ** 2 / b["seeds"])
 
 
 def targets(table, paragon_r1) -> list[dict]:
@@ -437,10 +516,15 @@ def targets(table, paragon_r1) -> list[dict]:
         strict = other == METHODS[4]
         met = bool(pairs) and all((n["r1_mean"] > o["r1_mean"]) if strict else (n["r1_mean"] >= o["r1_mean"])
                                   for n, o in pairs)
+        diffs = [(n["r1_mean"] - o["r1_mean"], _diff_se(n, o)) for n, o in pairs]
+        within = [f"{n['budget']:g}" for (n, _), (d, se) in zip(pairs, diffs) if not math.isnan(se) and abs(d) < 2 * se]
         out.append({"target": f"CMP-NAS + finetune {'>' if strict else '>='} {label}, at every budget", "met": met,
                     "detail": "; ".join(f"<= {n['budget']:g} MMACs: {n['r1_mean']:.2f} ± {n['r1_std']:.2f} vs "
-                                        f"{o['r1_mean']:.2f} ± {o['r1_std']:.2f} ({n['r1_mean'] - o['r1_mean']:+.2f})"
-                                        for n, o in pairs)})
+                                        f"{o['r1_mean']:.2f} ± {o['r1_std']:.2f} ({d:+.2f} ± {se:.2f} s.e.)"
+                                        for (n, o), (d, se) in zip(pairs, diffs))
+                              + (f"; within the noise (|difference| < 2 s.e.) at {', '.join(within)} MMACs: means "
+                                 "over these seeds, not a significant difference" if within else ""),
+                    "within_noise": within})
     return out
 
 
