@@ -1,7 +1,7 @@
 """``hetsearch demo`` — the paper's whole story on real data, end to end.
 
 1. train the paragon gallery model;            2. train a compatible (BCT-style) query model;
-3. CMP-NAS: supernet, search, finetune at two budgets;
+3. CMP-NAS: a supernet per stage layout, its search, finetune at two budgets;
 4. finetune the compatible query model quantization-aware for int8 (``--qat int8``); export each query
    model (its QAT version as int8, and the paragon, for latency ratios) to ONNX, TFLite and Core ML, checked;
 5. profile the exported files locally;         6. index the gallery, start the gallery server and
@@ -32,10 +32,12 @@ FULL = {
     "query": {"arch": "mbv3-small", "epochs": 6, "max_train_samples": None},
     # a second hand-designed model, so that each searched budget has a hand-designed model of matched MACs
     "query2": {"arch": "mbv3-tiny", "epochs": 6, "max_train_samples": None},
-    "supernet": {"epochs": 6, "max_train_samples": None, "num_random": 1},
+    "supernet": {"epochs": 4, "max_train_samples": None, "num_random": 1},
+    # one supernet per stage layout, each searching the budgets it serves: the 14x14 layout (hires 1) where its
+    # subnets reach (>= 0.15 MMACs), the default one below (benchmarks/results/layout.md, nas.md)
+    "supernets": {"supernet": {"hires": 0, "budgets": [0.126]}, "supernet-h1": {"hires": 1, "budgets": [0.401]}},
     # re-rank: 4 finalists per budget, 1 finetune epoch each (benchmarks/results/nas.md measures what it buys)
-    "search": {"budgets": [0.126, 0.401], "population": 12, "generations": 4, "max_val_samples": 2000,
-               "random_baseline": True, "rerank": 4},
+    "search": {"population": 12, "generations": 4, "max_val_samples": 2000, "random_baseline": True, "rerank": 4},
     "finetune": {"epochs": 6, "max_train_samples": None, "lr": 0.1},
     # quantization-aware int8 finetune of the hand-designed query model (benchmarks/results/export-qat.md)
     "qat": {"epochs": 3, "lr": 0.005, "consistency": 200, "max_train_samples": None},
@@ -49,8 +51,9 @@ QUICK = {
     "gallery": {"arch": "resnet-tiny", "epochs": 1, "max_train_samples": 2000},
     "query": {"arch": "mbv3-tiny", "epochs": 1, "max_train_samples": 2000},
     "supernet": {"epochs": 1, "max_train_samples": 1000, "num_random": 1},
-    "search": {"budgets": [0.15, 0.4], "population": 6, "generations": 2, "max_val_samples": 200,
-               "random_baseline": False, "rerank": 2, "rerank_max_train_samples": 500},
+    "supernets": {"supernet": {"hires": 0, "budgets": [0.15]}, "supernet-h1": {"hires": 1, "budgets": [0.4]}},
+    "search": {"population": 6, "generations": 2, "max_val_samples": 200, "random_baseline": False, "rerank": 2,
+               "rerank_max_train_samples": 500},
     "finetune": {"epochs": 1, "max_train_samples": 1000, "lr": 0.1},
     "qat": {"epochs": 1, "lr": 0.005, "consistency": 200, "max_train_samples": 1000},
     "export": {"formats": "onnx,tflite,coreml", "precision": "fp32,int8", "check_samples": 100},
@@ -127,42 +130,49 @@ class Demo:
                        lambda: self.run("train", "query", "--gallery", str(w / "gallery"), "--arch", q2["arch"],
                                         *self.data, *self.common_train(q2), "--out", str(w / hand[-1])))
 
-        sn = c["supernet"]
-        sn_cfg = {**gal_cfg, "sn": sn}
-        self.stage("3a. CMP-NAS: train the supernet", sn_cfg, lambda: self.run(
-            "nas", "supernet", "--gallery", str(w / "gallery"), *self.data, "--epochs", str(sn["epochs"]),
-            *(["--max-train-samples", str(sn["max_train_samples"])] if sn.get("max_train_samples") else []),
-            "--num-random", str(sn["num_random"]), "--seed", str(self.args.seed), "--out", str(w / "supernet")))
+        sn, se, ft = c["supernet"], c["search"], c["finetune"]
+        nas_models, se_cfgs = [], []
+        for sn_name, layout in c["supernets"].items():
+            suffix = sn_name[len("supernet"):]
+            sn_cfg = {**gal_cfg, "sn": sn, "hires": layout["hires"]}
+            self.stage(f"3a. CMP-NAS: train the supernet{f' ({suffix[1:]})' if suffix else ''}", sn_cfg,
+                       lambda sn_name=sn_name, layout=layout: self.run(
+                "nas", "supernet", "--gallery", str(w / "gallery"), *self.data, "--epochs", str(sn["epochs"]),
+                *(["--max-train-samples", str(sn["max_train_samples"])] if sn.get("max_train_samples") else []),
+                "--hires", str(layout["hires"]), "--num-random", str(sn["num_random"]), "--seed", str(self.args.seed),
+                "--out", str(w / sn_name)))
 
-        se = c["search"]
-        budgets = ",".join(str(b) for b in se["budgets"])
-        se_cfg = {**sn_cfg, "se": se}
-        self.stage("3b. CMP-NAS: search under two budgets", se_cfg, lambda: self.run(
-            "nas", "search", "--supernet", str(w / "supernet"), "--gallery", str(w / "gallery"), *self.data,
-            "--budgets", budgets, "--population", str(se["population"]), "--generations", str(se["generations"]),
-            "--max-val-samples", str(se["max_val_samples"]), "--seed", str(self.args.seed),
-            *([] if se["random_baseline"] else ["--no-random-baseline"]), "--rerank", str(se["rerank"]),
-            *(["--rerank-max-train-samples", str(se["rerank_max_train_samples"])]
-              if se.get("rerank_max_train_samples") else []),
-            "--out", str(w / "search")))
+            budgets = ",".join(str(b) for b in layout["budgets"])
+            se_cfg = {**sn_cfg, "se": se, "budgets": layout["budgets"]}
+            se_cfgs.append(se_cfg)
+            search_dir = w / f"search{suffix}"
+            self.stage(f"3b. CMP-NAS: search {sn_name} under {budgets} MMACs", se_cfg,
+                       lambda sn_name=sn_name, budgets=budgets, search_dir=search_dir: self.run(
+                "nas", "search", "--supernet", str(w / sn_name), "--gallery", str(w / "gallery"), *self.data,
+                "--budgets", budgets, "--population", str(se["population"]), "--generations", str(se["generations"]),
+                "--max-val-samples", str(se["max_val_samples"]), "--seed", str(self.args.seed),
+                *([] if se["random_baseline"] else ["--no-random-baseline"]), "--rerank", str(se["rerank"]),
+                *(["--rerank-max-train-samples", str(se["rerank_max_train_samples"])]
+                  if se.get("rerank_max_train_samples") else []),
+                "--out", str(search_dir)))
 
-        ft = c["finetune"]
-        nas_models = []
-        for b in se["budgets"]:
-            name = f"query-nas-{b:g}"
-            nas_models.append(name)
-            sub = self._subnet_dir(w / "search", b)
-            self.stage(f"3c. CMP-NAS: finetune the {b:g}-MMAC subnet", {**se_cfg, "ft": ft, "b": b},
-                       lambda sub=sub, name=name: self.run(
-                           "nas", "finetune", "--subnet", str(sub), "--supernet", str(w / "supernet"),
-                           "--gallery", str(w / "gallery"), *self.data, "--epochs", str(ft["epochs"]),
-                           "--lr", str(ft["lr"]),
-                           *(["--max-train-samples", str(ft["max_train_samples"])] if ft.get("max_train_samples") else []),
-                           "--out", str(w / name)))
+            for b in layout["budgets"]:
+                name = f"query-nas-{b:g}"
+                nas_models.append(name)
+                sub = self._subnet_dir(search_dir, b)
+                self.stage(f"3c. CMP-NAS: finetune the {b:g}-MMAC subnet", {**se_cfg, "ft": ft, "b": b},
+                           lambda sub=sub, name=name, sn_name=sn_name: self.run(
+                               "nas", "finetune", "--subnet", str(sub), "--supernet", str(w / sn_name),
+                               "--gallery", str(w / "gallery"), *self.data, "--epochs", str(ft["epochs"]),
+                               "--lr", str(ft["lr"]),
+                               *(["--max-train-samples", str(ft["max_train_samples"])] if ft.get("max_train_samples")
+                                 else []),
+                               "--out", str(w / name)))
+        nas_models.sort(key=lambda n: float(n.rsplit("-", 1)[1]))
 
         ev = c["eval"]
         queries = [*hand, *nas_models]
-        ev_cfg = {**se_cfg, "ft": ft, "q": c["query"], "q2": c.get("query2"), "ev": ev}
+        ev_cfg = {**gal_cfg, "searches": se_cfgs, "ft": ft, "q": c["query"], "q2": c.get("query2"), "ev": ev}
         self.stage("evaluate on the test split", ev_cfg, lambda: self._evaluate(queries, ev))
 
         qa = c["qat"]

@@ -87,18 +87,24 @@ def _plot_accuracy(work: Path, rows: list[dict], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 5))
-    search = _load(work / "search" / "search.json")
-    if search:
+    # one search per supernet (search/, search-h1/, ...): each has its own candidates and front
+    for i, path in enumerate(sorted(work.glob("search*/search.json"))):
+        search = _load(path)
+        if not search:
+            continue
+        where = f"{path.parent.name}, validation split"
         recs = search.get("evaluated") or []
         xs = [r["mmacs"] for r in recs if isinstance(r, dict) and "mmacs" in r and "het_r1" in r]
         ys = [r["het_r1"] for r in recs if isinstance(r, dict) and "mmacs" in r and "het_r1" in r]
         if xs:
-            ax.scatter(xs, ys, s=10, alpha=0.35, color="tab:gray", label="search candidates (validation split)")
+            ax.scatter(xs, ys, s=10, alpha=0.35, color=("tab:gray", "tab:olive", "tab:pink")[i % 3],
+                       label=f"search candidates ({where})")
         front = search.get("pareto") or []
         if front and isinstance(front, list) and isinstance(front[0], dict):
             fx = [r["mmacs"] for r in front]
             fy = [r["het_r1"] for r in front]
-            ax.step(fx, fy, where="post", color="tab:blue", label="Pareto front (validation split)")
+            ax.step(fx, fy, where="post", color=("tab:blue", "tab:purple", "tab:brown")[i % 3],
+                    label=f"Pareto front ({where})")
     colors = {"paragon": "black", "homogeneous": "tab:orange", "hand": "tab:green", "CMP-NAS": "tab:red"}
     for r in rows:
         key = next((k for k in colors if r["row"].startswith(k) or k in r["row"]), "paragon")
