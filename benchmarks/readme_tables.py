@@ -48,8 +48,22 @@ def nas_table() -> str:
         r1 = f"{r['r1_mean']:.2f} ± {r['r1_std']:.2f}"
         if r["r1_mean"] == best[b] and sum(x["budget"] == b for x in rows) > 1:
             r1 = f"**{r1}**"
-        out.append(f"| {head} | {label[r['method']].format(arch=r.get('arch'))} | {_mm(r['mmacs'])} | "
+        sn = f" (`{r['supernet']}`)" if r.get("supernet") and len(d.get("supernets", [])) > 1 else ""
+        out.append(f"| {head} | {label[r['method']].format(arch=r.get('arch'))}{sn} | {_mm(r['mmacs'])} | "
                    f"{r['cost_reduction']:.1f}× | {r1} | {r['gap_mean']:.2f} |")
+    return "\n".join(out)
+
+
+def layout_table() -> str:
+    """Random subnets of each stage layout trained from scratch, per budget (layout.json, validation split)."""
+    d = _load("layout.json")
+    first = d["layouts"][0]
+    out = [f"| budget (MMACs) | layout | subnets | validation R@1 (mean ± std) | best | minus `{first}` (± s.e.) | "
+           "preset, same training |", "|---|---|---|---|---|---|---|"]
+    for r in d["summary"]:
+        diff = f"{r['vs_first']:+.2f} ± {r['vs_first_se']:.2f}".replace("-", "−") if "vs_first" in r else "–"
+        out.append(f"| {r['budget']:g} | `{r['layout']}` | {r['n']} | {r['mean']:.2f} ± {r['std']:.2f} | "
+                   f"{r['best']:.2f} | {diff} | `{r['hand']}` {r['hand_r1']:.2f} |")
     return "\n".join(out)
 
 
@@ -113,7 +127,7 @@ def server_table() -> str:
     return "\n".join(out)
 
 
-BLOCKS = {"nas": nas_table, "export-int8": export_int8_table, "export-qat": export_qat_table,
+BLOCKS = {"nas": nas_table, "layout": layout_table, "export-int8": export_int8_table, "export-qat": export_qat_table,
           "server-concurrency": server_table}
 
 

@@ -1,0 +1,38 @@
+"""bench_layout: its draws are fixed, within the budget window and of the asked layout; bad layouts are refused."""
+
+import pytest
+
+from benchmarks import bench_layout
+from hetsearch.cmpnas.flops import count_macs
+from hetsearch.cmpnas.models import build_model
+from hetsearch.cmpnas.nas.space import arch_to_spec
+from hetsearch.errors import HetsearchError
+
+
+@pytest.mark.parametrize("layout, hires, size", [("hires0", 0, 28), ("hires1", 1, 28), ("res36", 0, 36)])
+def test_draws_are_fixed_and_inside_the_window_with_the_layout_asked(layout, hires, size):
+    a = bench_layout.draws(0.401, layout, 3)
+    assert a == bench_layout.draws(0.401, layout, 3)  # the same subnets on every run: finished ones are reused
+    assert len({str(arch) for arch, _ in a}) == 3
+    for arch, mm in a:
+        assert arch["hires"] == hires and arch["resolution"] == size
+        assert 0.9 * 0.401 <= mm <= 0.401
+        # the cost the window was judged on is the extracted model's own
+        assert abs(count_macs(build_model(arch_to_spec(bench_layout.space(), arch))) / 1e6 - mm) < 1e-6
+
+
+def test_a_budget_no_subnet_of_the_layout_fits_is_an_error():
+    with pytest.raises(HetsearchError, match="fewer than 2 random subnets"):
+        bench_layout.draws(0.12, "hires1", 2)  # the 14x14 layout's smallest subnet costs 0.150 MMACs
+
+
+def test_unknown_layouts_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        bench_layout.parse_args(["--gallery", "g", "--layouts", "hires0,wide"])
+    assert "unknown layout(s) ['wide']" in capsys.readouterr().err
+
+
+def test_welch_difference_and_standard_error():
+    d, se = bench_layout.welch([90.0, 90.4, 89.8], [89.0, 89.2, 89.4])
+    assert d == pytest.approx(0.8666667, abs=1e-6)
+    assert se == pytest.approx(((0.0933333 / 3) + (0.04 / 3)) ** 0.5, abs=1e-6)
