@@ -11,8 +11,10 @@ Layouts (the default space's stage layout is ``hires0``):
 
 - ``hires0``: stem /2, the fixed first block /2, so every elastic stage runs at 7x7 or below (14/7/4/2);
 - ``hires1``: the fixed first block keeps 14x14 and stage 0 downsamples (its first expansion runs at 14x14, as in
-  ``mbv3-large`` and ``mbv3-small``), the 14/14/7/4/2 layout of ``nas supernet --hires 1``;
-- ``res32``/``res36``: ``hires0`` on the 28x28 image upsampled to 32 or 36 (feature maps 16/8/4/2 or 18/9/5/3).
+  ``mbv3-large`` and ``mbv3-small``), the 14/14/7/4/2 layout of ``nas supernet --hires 1``.
+
+(Input resolutions are not offered: ``train_query`` builds a model at the data's input size, so a subnet drawn
+at another resolution would be trained, and costed, as something it is not.)
 
     python -m benchmarks.bench_layout --gallery runs/gallery --budgets 1.299,0.401 --layouts hires0,hires1 --n 6
 
@@ -34,7 +36,7 @@ from pathlib import Path
 from hetsearch.errors import HetsearchError
 
 # layout name -> (hires, resolution)
-LAYOUTS = {"hires0": (0, 28), "hires1": (1, 28), "res32": (0, 32), "res36": (0, 36)}
+LAYOUTS = {"hires0": (0, 28), "hires1": (1, 28)}
 COMPARED = ("epochs", "lr", "warmup_epochs", "seed", "compat", "max_train_samples", "max_val_samples")
 
 
@@ -61,10 +63,11 @@ def parse_args(argv=None):
 
 
 def space(hires_choices=(0, 1)):
-    """The default supernet space with every layout's resolutions and the given hires choices."""
+    """The default supernet space with the given hires choices (and the resolutions the first study drew from,
+    so that its draws, and the models trained on them, stay the same)."""
     from hetsearch.cmpnas.nas.space import SupernetConfig
 
-    return SupernetConfig(resolutions=sorted({r for _, r in LAYOUTS.values()}), hires=list(hires_choices))
+    return SupernetConfig(resolutions=[28, 32, 36], hires=list(hires_choices))
 
 
 def draws(budget: float, layout: str, n: int) -> list[tuple[dict, float]]:

@@ -55,7 +55,7 @@ def main(argv=None) -> int:
         "train": [py, "-m", "benchmarks.bench_train", "--gallery", gallery, *q],
         "compat": [py, "-m", "benchmarks.bench_compat", "--gallery", gallery, *q],
         "openset": [py, "-m", "benchmarks.bench_openset", "--gallery", gallery, *q],
-        "layout": [py, "-m", "benchmarks.bench_layout", "--gallery", gallery, "--layouts", "hires0,hires1,res36",
+        "layout": [py, "-m", "benchmarks.bench_layout", "--gallery", gallery, "--layouts", "hires0,hires1",
                    *(["--n", "2", "--epochs", "1", "--work", "runs/bench-layout-quick", "--out",
                       "runs/bench-layout-quick/layout"] if args.quick else [])],
         # the published table: the 14x14-layout supernet searches the budgets it reaches, the default one 0.126
