@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import statistics
 import sys
@@ -34,6 +33,8 @@ import time
 from pathlib import Path
 
 from hetsearch.errors import HetsearchError
+
+from . import cli_main
 
 # layout name -> (hires, resolution)
 LAYOUTS = {"hires0": (0, 28), "hires1": (1, 28)}
@@ -118,8 +119,9 @@ def train(d: Path, spec, cfg, ctx) -> dict:
 
 def welch(a: list[float], b: list[float]) -> tuple[float, float]:
     """Difference of means a - b and its standard error."""
-    se = math.sqrt(statistics.variance(a) / len(a) + statistics.variance(b) / len(b))
-    return statistics.mean(a) - statistics.mean(b), se
+    from .bench_nas import diff_se
+
+    return statistics.mean(a) - statistics.mean(b), diff_se(statistics.stdev(a), len(a), statistics.stdev(b), len(b))
 
 
 def run(args) -> dict:
@@ -221,13 +223,7 @@ def plot(path, rows, budgets):
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        run(args)
-    except HetsearchError as exc:
-        print(f"bench_layout: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    return 0
+    return cli_main("bench_layout", parse_args, run, argv)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ from pathlib import Path
 
 from hetsearch.errors import HetsearchError
 
+from . import cli_main
+
 FULL = {"max_train_samples": None, "epochs": 8, "supernet_epochs": 10, "population": 16, "generations": 5,
         "num_random": 1, "test_samples": None, "max_val_samples": None}
 QUICK = {"max_train_samples": 1500, "epochs": 1, "supernet_epochs": 1, "population": 6, "generations": 1,
@@ -188,7 +190,7 @@ def run_hand(args, seed: int, ctx: dict) -> list[dict]:
 def run_nas(args, seed: int, ctx: dict) -> list[dict]:
     """The searches of one seed (evolution + its random baseline, one per supernet) and the finetuning of both
     winners per budget."""
-    # rows cached before they named their supernet get it from their group (its key proves which one it was)
+    # each row names the supernet it was searched in (its group: the cache key proves which one it was)
     return [{"supernet": g["name"], **r} for g in ctx["groups"] if g["budgets"] for r in _run_nas_group(args, seed, ctx, g)]
 
 
@@ -220,7 +222,7 @@ def _run_nas_group(args, seed: int, ctx: dict, g: dict) -> list[dict]:
                     ck = load_checkpoint(sub_dir)
                     het, homo = _het_homo(ck.model, test, g_test)
                     rows.append({"method": METHODS[2], "arch": ck.name, "budget": b, "mmacs": ck.macs / 1e6, "r1": het,
-                                 "het_r1": het, "homo_r1": homo, "seed": seed, "supernet": g["name"],
+                                 "het_r1": het, "homo_r1": homo, "seed": seed,
                                  "val_het_r1": search["best"][f"{b:g}"]["het_r1"]})
                 ft_dir = work / f"finetune-{'random-' if tag else ''}{b:g}"
                 pool = search["random"]["evaluated"] if tag else search["evaluated"]
@@ -231,7 +233,6 @@ def _run_nas_group(args, seed: int, ctx: dict, g: dict) -> list[dict]:
                 het, homo = _het_homo(ck.model, test, g_test)
                 rows.append({"method": method, "arch": json.dumps(ck.meta["nas"]["arch"]), "budget": b,
                              "mmacs": ck.macs / 1e6, "r1": het, "het_r1": het, "homo_r1": homo, "seed": seed,
-                             "supernet": g["name"],
                              "evaluations": search["evaluations"] if not tag else search["random"]["evaluations"],
                              **rr})
         return rows
@@ -273,8 +274,7 @@ def _run_extra_group(args, seed: int, ctx: dict, g: dict) -> list[dict]:
                                                           progress=not args.no_progress))
             het, homo = _het_homo(ck.model, ctx["test"], ctx["g_test"])
             rows.append({"method": METHODS[5], "arch": json.dumps(ck.meta["nas"]["arch"]), "budget": b,
-                         "mmacs": ck.macs / 1e6, "r1": het, "het_r1": het, "homo_r1": homo, "seed": seed,
-                         "supernet": g["name"], **rr})
+                         "mmacs": ck.macs / 1e6, "r1": het, "het_r1": het, "homo_r1": homo, "seed": seed, **rr})
         return rows
 
     return _cached_rows(work / f"rows-extra{g['suffix']}.json", key, go)
@@ -348,7 +348,8 @@ def supernet_groups(args, default: Path, budgets: list[float], extra: list[float
             raise HetsearchError(f"the supernet {sn} has trained {meta.get('epochs_done')} of {planned} epochs (still "
                                  "training, or stopped): finish it (nas supernet --resume) before searching it")
         space_file = sn / "config.json"
-        digest = hashlib.sha256(space_file.read_bytes()).hexdigest()[:16] if space_file.exists() else None
+        space_raw = space_file.read_bytes() if space_file.exists() else None
+        digest = hashlib.sha256(space_raw).hexdigest()[:16] if space_raw is not None else None
         # the default supernet's stages keep their names and keys (earlier runs stay reusable)
         key = {"gallery": common["gallery"], "supernet_epochs": meta.get("epochs_done"), "supernet": sn.name,
                "supernet_space": digest, "budgets": gb, **{k: v for k, v in common.items() if k != "gallery"}}
@@ -359,7 +360,7 @@ def supernet_groups(args, default: Path, budgets: list[float], extra: list[float
             key |= {"finetune_lr": args.finetune_lr}
         groups.append({"sn": sn, "name": sn.name, "suffix": "" if sn == default else f"-{sn.name}", "budgets": gb,
                        "extra": ge, "key": key, "search_key": search_key, "meta": meta,
-                       "space": json.loads(space_file.read_text()) if space_file.exists() else {}})
+                       "space": json.loads(space_raw) if space_raw is not None else {}})
     return groups
 
 
@@ -488,11 +489,16 @@ def _supernets_sentence(sns: list[dict]) -> str:
             "training and the search, not the supernets' training.")
 
 
-def _diff_se(a: dict, b: dict) -> float:
-    """Standard error of the difference of two means over seeds (unpaired; nan with a single seed)."""
-    if a["seeds"] < 2 or b["seeds"] < 2:
+def diff_se(std_a: float, n_a: int, std_b: float, n_b: int) -> float:
+    """Standard error of the difference of two unpaired means (sample stds; nan when a side has one value)."""
+    if n_a < 2 or n_b < 2:
         return float("nan")
-    return math.sqrt(a["r1_std"] ** 2 / a["seeds"] + b["r1_std"] ** 2 / b["seeds"])
+    return math.sqrt(std_a ** 2 / n_a + std_b ** 2 / n_b)
+
+
+def _diff_se(a: dict, b: dict) -> float:
+    """:func:`diff_se` of two table rows (means over seeds)."""
+    return diff_se(a["r1_std"], a["seeds"], b["r1_std"], b["seeds"])
 
 
 def targets(table, paragon_r1) -> list[dict]:
@@ -557,13 +563,7 @@ def plot(path, table, paragon_r1, title):
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        run(args)
-    except HetsearchError as exc:
-        print(f"bench_nas: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    return 0
+    return cli_main("bench_nas", parse_args, run, argv)
 
 
 if __name__ == "__main__":
