@@ -224,10 +224,11 @@ def _run_nas_group(args, seed: int, ctx: dict, g: dict) -> list[dict]:
                     rows.append({"method": METHODS[2], "arch": ck.name, "budget": b, "mmacs": ck.macs / 1e6, "r1": het,
                                  "het_r1": het, "homo_r1": homo, "seed": seed,
                                  "val_het_r1": search["best"][f"{b:g}"]["het_r1"]})
-                ft_dir = work / f"finetune-{'random-' if tag else ''}{b:g}"
+                # another supernet's stages get their own folders (a budget moved between supernets keeps both)
+                ft_dir = work / f"finetune-{'random-' if tag else ''}{b:g}{g['suffix']}"
                 pool = search["random"]["evaluated"] if tag else search["evaluated"]
                 subnet, rr = _finalist(args, seed, ctx, g["sn"], pool, b, sub_dir,
-                                       work / f"rerank-{'random-' if tag else ''}{b:g}")
+                                       work / f"rerank-{'random-' if tag else ''}{b:g}{g['suffix']}")
                 ck = _trained(ft_dir, key, lambda: finetune_subnet(train_data, g["sn"], subnet, gck, ft_dir,
                                                               _ft_cfg(args, seed, ctx), progress=progress))
                 het, homo = _het_homo(ck.model, test, g_test)
@@ -266,9 +267,9 @@ def _run_extra_group(args, seed: int, ctx: dict, g: dict) -> list[dict]:
             _mark_done(se, skey)
         rows = []
         for b in search["budgets"]:
-            ft_dir = work / f"finetune-extra-{b:g}"
+            ft_dir = work / f"finetune-extra-{b:g}{g['suffix']}"
             subnet, rr = _finalist(args, seed, ctx, g["sn"], search["evaluated"], b, se / budget_dirname(b),
-                                   work / f"rerank-extra-{b:g}")
+                                   work / f"rerank-extra-{b:g}{g['suffix']}")
             ck = _trained(ft_dir, key, lambda: finetune_subnet(ctx["train"], g["sn"], subnet, ctx["gallery"],
                                                           ft_dir, _ft_cfg(args, seed, ctx),
                                                           progress=not args.no_progress))
