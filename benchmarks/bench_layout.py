@@ -12,6 +12,8 @@ Layouts (the default space's stage layout is ``hires0``):
 - ``hires0``: stem /2, the fixed first block /2, so every elastic stage runs at 7x7 or below (14/7/4/2);
 - ``hires1``: the fixed first block keeps 14x14 and stage 0 downsamples (its first expansion runs at 14x14, as in
   ``mbv3-large`` and ``mbv3-small``), the 14/14/7/4/2 layout of ``nas supernet --hires 1``.
+- ``hires1-end4``: ``hires1`` whose last stage keeps 4x4 (stride 1), 14/14/7/4/4, so the network ends at 4x4 as
+  ``mbv3-large`` does instead of 2x2 (``nas supernet --hires 1 --space`` with stage strides 1, 2, 1).
 
 (Input resolutions are not offered: ``train_query`` builds a model at the data's input size, so a subnet drawn
 at another resolution would be trained, and costed, as something it is not.)
@@ -36,8 +38,8 @@ from hetsearch.errors import HetsearchError
 
 from . import cli_main
 
-# layout name -> (hires, resolution)
-LAYOUTS = {"hires0": (0, 28), "hires1": (1, 28)}
+# layout name -> (hires, resolution, the elastic stages' strides; None: the default space's)
+LAYOUTS = {"hires0": (0, 28, None), "hires1": (1, 28, None), "hires1-end4": (1, 28, (1, 2, 1))}
 COMPARED = ("epochs", "lr", "warmup_epochs", "seed", "compat", "max_train_samples", "max_val_samples")
 
 
@@ -63,20 +65,30 @@ def parse_args(argv=None):
     return args
 
 
-def space(hires_choices=(0, 1)):
+def space(hires_choices=(0, 1), strides=None):
     """The default supernet space with the given hires choices (and the resolutions the first study drew from,
-    so that its draws, and the models trained on them, stay the same)."""
+    so that its draws, and the models trained on them, stay the same) and, when given, other stage strides."""
     from hetsearch.cmpnas.nas.space import SupernetConfig
 
-    return SupernetConfig(resolutions=[28, 32, 36], hires=list(hires_choices))
+    cfg = SupernetConfig(resolutions=[28, 32, 36], hires=list(hires_choices))
+    if strides is not None:
+        cfg = SupernetConfig.from_dict({**cfg.to_dict(), "stages": [
+            {**st, "stride": int(s)} for st, s in zip(cfg.stages, strides, strict=True)]})
+    return cfg
+
+
+def layout_space(layout: str):
+    """The space a layout's subnets are drawn from and built in."""
+    hires, _, strides = LAYOUTS[layout]
+    return space((0, 1) if hires else (0,), strides)  # the draws of the first study of this question are reused
 
 
 def draws(budget: float, layout: str, n: int) -> list[tuple[dict, float]]:
     """``n`` random archs of one layout costing within [0.9 B, B], with their MMACs (fixed draws)."""
     from hetsearch.cmpnas.nas.space import arch_macs, canonical_arch, random_arch
 
-    hires, res = LAYOUTS[layout]
-    cfg = space((0, 1) if hires else (0,))  # the draws of the first study of this question, whose models are reused
+    hires, res, _ = LAYOUTS[layout]
+    cfg = layout_space(layout)
     rng = random.Random(4321 + res)
     out = []
     for _ in range(200000):
@@ -151,13 +163,12 @@ def run(args) -> dict:
     presets, budget_of = preset_budgets()
     layouts = args.layouts.split(",")
     budgets = [float(b) for b in args.budgets.split(",")]
-    sc = space()
     rows, summary = [], []
     for b in budgets:
         by_layout = {}
         for lay in layouts:
             for i, (arch, mm) in enumerate(draws(b, lay, args.n)):
-                r = train(work / f"{b:g}-{lay}-{i}", arch_to_spec(sc, arch), cfg, ctx)
+                r = train(work / f"{b:g}-{lay}-{i}", arch_to_spec(layout_space(lay), arch), cfg, ctx)
                 rows.append({"budget": b, "layout": lay, "mmacs": mm, "arch": arch, **r})
                 by_layout.setdefault(lay, []).append(r["val_het_r1"])
                 print(f"{b:g} MMACs {lay} #{i}: {mm:.3f} MMACs, validation R@1 {r['val_het_r1']:.2f}", flush=True)

@@ -9,7 +9,7 @@ from hetsearch.cmpnas.nas.space import arch_to_spec
 from hetsearch.errors import HetsearchError
 
 
-@pytest.mark.parametrize("layout, hires, size", [("hires0", 0, 28), ("hires1", 1, 28)])
+@pytest.mark.parametrize("layout, hires, size", [("hires0", 0, 28), ("hires1", 1, 28), ("hires1-end4", 1, 28)])
 def test_draws_are_fixed_and_inside_the_window_with_the_layout_asked(layout, hires, size):
     a = bench_layout.draws(0.401, layout, 3)
     assert a == bench_layout.draws(0.401, layout, 3)  # the same subnets on every run: finished ones are reused
@@ -18,7 +18,25 @@ def test_draws_are_fixed_and_inside_the_window_with_the_layout_asked(layout, hir
         assert arch["hires"] == hires and arch["resolution"] == size
         assert 0.9 * 0.401 <= mm <= 0.401
         # the cost the window was judged on is the extracted model's own
-        assert abs(count_macs(build_model(arch_to_spec(bench_layout.space(), arch))) / 1e6 - mm) < 1e-6
+        assert abs(count_macs(build_model(arch_to_spec(bench_layout.layout_space(layout), arch))) / 1e6 - mm) < 1e-6
+
+
+def test_the_end4_layout_keeps_4x4_in_its_last_stage():
+    arch, _ = bench_layout.draws(1.299, "hires1-end4", 1)[0]
+    model = build_model(arch_to_spec(bench_layout.layout_space("hires1-end4"), arch))
+    import torch
+
+    sizes = []
+    x = torch.zeros(2, 1, 28, 28)
+    x = model.stem(x)
+    for block in model.blocks:
+        x = block(x)
+        sizes.append(x.shape[-1])
+    assert sizes[-1] == 4 and sizes[0] == 14  # ends at 4x4 (default space: 2x2), first block at 14x14
+    default, _ = bench_layout.draws(1.299, "hires1", 1)[0]
+    x = torch.zeros(2, 1, 28, 28)
+    m = build_model(arch_to_spec(bench_layout.layout_space("hires1"), default))
+    assert m.blocks(m.stem(x)).shape[-1] == 2
 
 
 def test_a_budget_no_subnet_of_the_layout_fits_is_an_error():
