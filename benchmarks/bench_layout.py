@@ -56,12 +56,25 @@ def parse_args(argv=None):
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed-spread", default="",
+                   help="extra training seeds, e.g. 1,2: the preset and the first subnet of --spread-layout at each "
+                        "budget are trained again with each, to show how far ONE architecture moves between "
+                        "training seeds next to how far the layout's architectures differ")
+    p.add_argument("--spread-layout", default="hires1", help="the layout whose first subnet --seed-spread retrains")
     p.add_argument("--work", default="runs/bench-layout", help="where the trained subnets go (reused)")
     p.add_argument("--out", default="benchmarks/results/layout")
     args = p.parse_args(argv)
     bad = [x for x in args.layouts.split(",") if x not in LAYOUTS]
     if bad:
         p.error(f"unknown layout(s) {bad}; known: {', '.join(LAYOUTS)}")
+    if args.spread_layout not in LAYOUTS:
+        p.error(f"unknown --spread-layout {args.spread_layout!r}; known: {', '.join(LAYOUTS)}")
+    try:
+        args.spread_seeds = [int(x) for x in args.seed_spread.split(",") if x.strip()]
+    except ValueError:
+        p.error(f"--seed-spread takes a comma list of integer seeds, got {args.seed_spread!r}")
+    if args.seed in args.spread_seeds:
+        p.error(f"--seed-spread repeats the training seed {args.seed}: give other seeds")
     return args
 
 
@@ -129,6 +142,29 @@ def train(d: Path, spec, cfg, ctx) -> dict:
             "dir": d.name}
 
 
+def seed_spread(b: float, args, cfg, ctx, hand: str | None) -> list[dict]:
+    """The first ``--spread-layout`` subnet of budget ``b`` and its preset, trained with the seed and every
+    ``--seed-spread`` seed: their validation R@1 per seed and its std."""
+    from dataclasses import replace
+
+    from hetsearch.cmpnas.nas.space import arch_to_spec
+
+    lay = args.spread_layout
+    arch, _ = draws(b, lay, 1)[0]  # the layout's subnet #0
+    models = [(f"`{lay}` #0", arch_to_spec(layout_space(lay), arch), f"{b:g}-{lay}-0")]
+    if hand:
+        models.append((f"preset `{hand}`", hand, f"{b:g}-{hand}"))
+    out = []
+    for name, spec, base in models:
+        r1 = [train(ctx["work"] / base, spec, cfg, ctx)["val_het_r1"]]
+        for seed in args.spread_seeds:
+            r1.append(train(ctx["work"] / f"{base}-s{seed}", spec, replace(cfg, seed=seed), ctx)["val_het_r1"])
+            print(f"{b:g} MMACs {name}, seed {seed}: validation R@1 {r1[-1]:.2f}", flush=True)
+        out.append({"budget": b, "model": name, "seeds": [args.seed, *args.spread_seeds], "r1": r1,
+                    "std": statistics.stdev(r1)})
+    return out
+
+
 def welch(a: list[float], b: list[float]) -> tuple[float, float]:
     """Difference of means a - b and its standard error."""
     from .bench_nas import diff_se
@@ -159,11 +195,11 @@ def run(args) -> dict:
                       warmup_epochs=0.5)
     ctx = {"gallery": load_checkpoint(args.gallery, expect_kind="gallery"),
            "train": load_data(args.data, "train", args.data_dir),
-           "preset_specs": {n: resolve_spec(n) for n in QUERY_PRESETS}}
+           "preset_specs": {n: resolve_spec(n) for n in QUERY_PRESETS}, "work": work}
     presets, budget_of = preset_budgets()
     layouts = args.layouts.split(",")
     budgets = [float(b) for b in args.budgets.split(",")]
-    rows, summary = [], []
+    rows, summary, spread = [], [], []
     for b in budgets:
         by_layout = {}
         for lay in layouts:
@@ -178,6 +214,8 @@ def run(args) -> dict:
             r = train(work / f"{b:g}-{hand[0]}", hand[0], cfg, ctx)
             hand_r1 = r["val_het_r1"]
             rows.append({"budget": b, "layout": f"preset {hand[0]}", "mmacs": presets[hand[0]], "arch": hand[0], **r})
+        if args.spread_seeds:
+            spread += seed_spread(b, args, cfg, ctx, hand[0] if hand else None)
         for lay, v in by_layout.items():
             s = {"budget": b, "layout": lay, "n": len(v), "mean": statistics.mean(v),
                  "std": statistics.stdev(v) if len(v) > 1 else float("nan"), "best": max(v), "hand": hand[0] if hand else None,
@@ -186,7 +224,7 @@ def run(args) -> dict:
                 s["vs_first"], s["vs_first_se"] = welch(v, by_layout[layouts[0]])
             summary.append(s)
     result = {"benchmark": "layout", "split": "validation (6,000 images)", "seed": args.seed, "epochs": args.epochs,
-              "compat": compat, "layouts": layouts, "budgets": budgets, "n": args.n, "summary": summary, "rows": rows}
+              "compat": compat, "layouts": layouts, "budgets": budgets, "n": args.n, "summary": summary, "rows": rows, "seed_spread": spread}
     write_json(out.with_suffix(".json"), result)
     md_rows = [{"budget": s["budget"], "layout": s["layout"], "n": s["n"],
                 "mean": f"{s['mean']:.2f} ± {s['std']:.2f}", "best": f"{s['best']:.2f}",
@@ -204,6 +242,20 @@ def run(args) -> dict:
                            "r1": f"{r['val_het_r1']:.2f}", "arch": json.dumps(r["arch"]) if isinstance(r["arch"], dict)
                            else r["arch"]} for r in rows], ["budget", "layout", "mmacs", "r1", "arch"],
                          headers={"mmacs": "MMACs", "r1": "validation R@1"}, digits=3), "\n"]
+    if spread:
+        pool = {(x["budget"], x["layout"]): x["std"] for x in summary}
+        md += ["\n## One architecture, several training seeds\n\n",
+               f"The same architecture trained again with seeds {', '.join(map(str, args.spread_seeds))} (everything "
+               f"else unchanged): how far training noise alone moves one model's validation R@1, next to the spread "
+               f"of the {args.n} different `{args.spread_layout}` architectures above (one seed each).\n\n",
+               markdown_table([{"budget": x["budget"], "model": x["model"],
+                                "r1": " / ".join(f"{v:.2f}" for v in x["r1"]),
+                                "mean": f"{statistics.mean(x['r1']):.2f} ± {x['std']:.2f}",
+                                "pool": f"{pool.get((x['budget'], args.spread_layout), float('nan')):.2f}"}
+                               for x in spread], ["budget", "model", "r1", "mean", "pool"],
+                              headers={"r1": f"validation R@1, seeds {', '.join(map(str, spread[0]['seeds']))}",
+                                       "mean": "mean ± std over seeds",
+                                       "pool": f"std over {args.n} `{args.spread_layout}` architectures"}), "\n"]
     out.with_suffix(".md").write_text("".join(md))
     plot(out.with_suffix(".png"), rows, budgets)
     print("".join(md[:3]))

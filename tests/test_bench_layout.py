@@ -54,3 +54,19 @@ def test_welch_difference_and_standard_error():
     d, se = bench_layout.welch([90.0, 90.4, 89.8], [89.0, 89.2, 89.4])
     assert d == pytest.approx(0.8666667, abs=1e-6)
     assert se == pytest.approx(((0.0933333 / 3) + (0.04 / 3)) ** 0.5, abs=1e-6)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--seed-spread", "1,x"], "--seed-spread takes a comma list of integer seeds"),
+    (["--seed-spread", "0,1"], "--seed-spread repeats the training seed 0"),
+    (["--seed-spread", "1", "--spread-layout", "res36"], "unknown --spread-layout 'res36'"),
+])
+def test_bad_seed_spread_arguments_are_refused(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        bench_layout.parse_args(["--gallery", "g", *argv])
+    assert message in capsys.readouterr().err
+
+
+def test_seed_spread_is_parsed():
+    assert bench_layout.parse_args(["--gallery", "g", "--seed-spread", "1, 2"]).spread_seeds == [1, 2]
+    assert bench_layout.parse_args(["--gallery", "g"]).spread_seeds == []
