@@ -132,6 +132,7 @@ class Device:
     remote_python: str = "python3"
     benchmark_model: str | None = None
     adb: str = "adb"
+    supernet: str | None = None  # searched in this supernet instead of --supernet
 
     def signature(self) -> dict:
         """What the release of this device depends on (ways to reach the device, like a key file, are not)."""
@@ -152,6 +153,8 @@ DEVICE_KEYS = {
     "precisions": f"list of {', '.join(mf.PRECISIONS)}",
     "threads": "runtime threads on the device (default 1)",
     "latency_model": "a latency model file for this device (default with budget_ms: built in OUT/<device>/work)",
+    "supernet": "the supernet this device is searched in (default: --supernet), e.g. one of the 14x14 layout "
+                "(`nas supernet --hires 1`) for budgets it reaches; trained on the same data against the same gallery",
     "latency_format": "the format a ms budget is measured on (default: tflite if listed, else onnx)",
     "latency_precision": "the precision a ms budget is measured on (default: fp32 if listed, else the first)",
     "identity": "ssh: private key file", "known_hosts": "ssh: known_hosts file",
@@ -204,7 +207,7 @@ def parse_device(name: str, entry: Any, base: Path) -> Device:
     if not _is_number(budget) or budget <= 0:
         raise ReleaseConfigError(f"{where}.{budgets[0]} must be a positive number, got {budget!r}")
     for key in ("target", "latency_model", "latency_format", "latency_precision", "identity", "known_hosts",
-                "remote_python", "benchmark_model", "adb"):
+                "remote_python", "benchmark_model", "adb", "supernet"):
         if key in entry and not isinstance(entry[key], str):
             raise ReleaseConfigError(f"{where}.{key} must be a string, got {entry[key]!r}")
     try:
@@ -233,6 +236,15 @@ def parse_device(name: str, entry: Any, base: Path) -> Device:
         if not p.is_file():
             raise ReleaseConfigError(f"{where}.latency_model: {p} does not exist")
         dev.latency_model = str(p)
+    if "supernet" in entry:
+        from hetsearch.cmpnas.nas.supernet import SUPERNET_FILE
+
+        p = Path(entry["supernet"]).expanduser()
+        p = p if p.is_absolute() else base / p
+        if not (p / SUPERNET_FILE).is_file():
+            raise ReleaseConfigError(f"{where}.supernet: {p} holds no {SUPERNET_FILE} (a `hetsearch nas supernet` "
+                                     "folder, relative to devices.toml)")
+        dev.supernet = str(p)
     if dev.unit == "MMACs" and not dev.latency_model:
         for key in ("latency_format", "latency_precision"):
             if key in entry:
@@ -316,30 +328,52 @@ class Release:
         for what, p, f in (("--supernet", self.supernet, SUPERNET_FILE), ("--gallery", self.gallery_dir, CKPT_NAME)):
             if not (p / f).is_file():
                 raise HetsearchError(f"{what} {p}: no {f} there")
-        self.inputs = {"supernet_sha256": mf.sha256_path(self.supernet / SUPERNET_FILE),
-                       "supernet_config_sha256": mf.sha256_path(self.supernet / "config.json"),
+        self.inputs = {**self.supernet_inputs(self.supernet),
                        "gallery_sha256": mf.sha256_path(self.gallery_dir / CKPT_NAME)}
-        self._loaded = None
+        self._loaded: dict[Path, Any] = {}
         self._test = None
 
+    @staticmethod
+    def supernet_inputs(sn: Path) -> dict:
+        from hetsearch.cmpnas.nas.supernet import SUPERNET_FILE
+
+        return {"supernet_sha256": mf.sha256_path(sn / SUPERNET_FILE),
+                "supernet_config_sha256": mf.sha256_path(sn / "config.json")}
+
+    def supernet_of(self, dev: Device) -> Path:
+        return Path(dev.supernet) if dev.supernet else self.supernet
+
     # ------------------------------------------------------------------ shared inputs, loaded once when needed
-    def loaded(self):
-        if self._loaded is None:
+    def loaded(self, supernet: Path | None = None):
+        """The supernet (default: --supernet), the gallery model and the training data. The gallery and the data
+        are shared: a device's own supernet must have been trained on the data of --supernet (one test split)."""
+        sn = self.supernet if supernet is None else Path(supernet)
+        if sn not in self._loaded:
             from types import SimpleNamespace
 
             from hetsearch.cmpnas.checkpoint import load_checkpoint
-            from hetsearch.cmpnas.nas.cli import _training_data
+            from hetsearch.cmpnas.nas.cli import _data_name, _training_data
             from hetsearch.cmpnas.nas.supernet import load_supernet
             from hetsearch.errors import SpaceMismatchError
 
-            net, meta = load_supernet(self.supernet)
-            gck = load_checkpoint(self.gallery_dir, expect_kind="gallery")
-            if meta.get("space_id") and meta["space_id"] != gck.space_id:
-                raise SpaceMismatchError(meta["space_id"], gck.space_id, what="--gallery (the supernet's space)")
+            net, meta = load_supernet(sn)
             ns = SimpleNamespace(data=None, data_dir=self.data_dir, open_set_classes=None)
-            data_name, data, held = _training_data(ns, meta, str(self.supernet))
-            self._loaded = SimpleNamespace(net=net, meta=meta, gck=gck, data_name=data_name, data=data, held=held)
-        return self._loaded
+            if sn == self.supernet:
+                gck = load_checkpoint(self.gallery_dir, expect_kind="gallery")
+                data_name, data, held = _training_data(ns, meta, str(sn))
+            else:
+                base = self.loaded()
+                gck, data, data_name, held = base.gck, base.data, base.data_name, base.held
+                mine = (_data_name(ns, meta, str(sn)), meta.get("open_set_classes") or [])
+                if not _same_data(mine[0], data_name) or mine[1] != held:
+                    raise HetsearchError(
+                        f"the device's supernet {sn} was trained on {mine[0]} (held-out classes {mine[1] or 'none'}), "
+                        f"--supernet {self.supernet} on {data_name} (held-out classes {held or 'none'}): one release "
+                        "evaluates every device on one test split, so train both supernets on the same data")
+            if meta.get("space_id") and meta["space_id"] != gck.space_id:
+                raise SpaceMismatchError(meta["space_id"], gck.space_id, what=f"--gallery (the supernet {sn}'s space)")
+            self._loaded[sn] = SimpleNamespace(net=net, meta=meta, gck=gck, data_name=data_name, data=data, held=held)
+        return self._loaded[sn]
 
     def test_side(self) -> dict:
         """The test split of the supernet's data (open-set: its held-out classes), the gallery's embeddings of
@@ -371,19 +405,22 @@ class Release:
     # ------------------------------------------------------------------ one device
     def key(self, dev: Device) -> dict:
         lat = mf.sha256_path(dev.latency_model) if dev.latency_model else None
-        return {"device": dev.signature(), **self.inputs, "latency_model_sha256": lat,
+        # a device searched in --supernet keeps the key (and digest) it had before devices could name their own
+        return {"device": dev.signature(), **self.inputs, **self.supernet_inputs(self.supernet_of(dev)),
+                "latency_model_sha256": lat,
                 "settings": asdict(self.settings), "data_dir": self.data_dir, "hetsearch": __version__}
 
     def run_device(self, dev: Device, digest: str) -> dict:
         from hetsearch.cmpnas.nas.search import FINETUNE_LR, SearchConfig, budget_dirname, finetune_subnet, run_search
         from hetsearch.cmpnas.train import TrainConfig, train_query
 
-        s, L = self.settings, self.loaded()
+        sn = self.supernet_of(dev)
+        s, L = self.settings, self.loaded(sn)
         root = self.out / dev.name
         work = root / "work"
         entry: dict[str, Any] = {"device": dev.name, "target": dev.target, "budget": dev.budget, "unit": dev.unit,
                                  "formats": dev.formats, "precisions": dev.precisions, "threads": dev.threads,
-                                 "digest": digest, "status": "running", "stages": {}}
+                                 "supernet": str(sn), "digest": digest, "status": "running", "stages": {}}
         t_all = time.time()
 
         def stage(name: str, t0: float) -> None:
@@ -391,14 +428,14 @@ class Release:
 
         # 1. cost model
         t0 = time.time()
-        cost, device_check, predictor = self.cost_model(dev, work, entry)
+        cost, device_check, predictor = self.cost_model(dev, work, entry, sn)
         stage("latency_model", t0)
         # 2. search
         t0 = time.time()
-        _say(f"{dev.name}: searching under {dev.budget:g} {dev.unit}")
+        _say(f"{dev.name}: searching {sn} under {dev.budget:g} {dev.unit}")
         scfg = SearchConfig(population=s.population, generations=s.generations, seed=s.seed, tie_tolerance=0.3)
         budget = dev.budget
-        res = run_search(self.supernet, L.data, L.gck, work / "search", [budget], scfg=scfg, random_baseline=False,
+        res = run_search(sn, L.data, L.gck, work / "search", [budget], scfg=scfg, random_baseline=False,
                          cost_model=cost, max_val_samples=s.max_val_samples, calib_images=s.calib_images,
                          progress=self.progress, device_check=device_check, max_rechecks=s.max_rechecks)
         best = next(iter(res["best"].values()))
@@ -421,7 +458,7 @@ class Release:
                           max_train_samples=s.max_train_samples, threads=s.torch_threads, compat=s.compat)
         cfg.validate()
         qdir = work / f"cmpnas-{dev.name}"  # the folder names the model
-        ck = finetune_subnet(L.data, self.supernet, work / "search" / budget_dirname(budget), L.gck, qdir, cfg,
+        ck = finetune_subnet(L.data, sn, work / "search" / budget_dirname(budget), L.gck, qdir, cfg,
                              calib_images=s.calib_images, progress=self.progress)
         stage("finetune", t0)
         if s.qat_epochs and "int8" in dev.precisions:  # 3b. quantization-aware int8 finetune of the winner
@@ -459,14 +496,14 @@ class Release:
         entry["seconds"] = round(time.time() - t_all, 1)
         return entry
 
-    def cost_model(self, dev: Device, work: Path, entry: dict):
+    def cost_model(self, dev: Device, work: Path, entry: dict, sn: Path):
         """(the search's cost model, its device check or None, the latency predictor or None) for a device."""
         from hetsearch.cmpnas.nas.latency import (DeviceCheck, LatencyModelError, TargetSettings, _identity,
                                                   build_latency_model)
         from hetsearch.cmpnas.nas.search import LatencyTable, MacsCost
         from hetsearch.cmpnas.nas.supernet import calib_subset
 
-        L, s = self.loaded(), self.settings
+        L, s = self.loaded(sn), self.settings
         if dev.unit == "MMACs" and not dev.latency_model:
             return MacsCost(L.net.config), None, None
         ts = TargetSettings(target=dev.target, format=dev.latency_format, precision=dev.latency_precision,
@@ -476,7 +513,7 @@ class Release:
         if dev.latency_model:
             path = Path(dev.latency_model)
             model = read_json(path)
-            want = _identity(self.supernet, L.net.config, ts)
+            want = _identity(sn, L.net.config, ts)
             keys = ("supernet_sha256", "space_digest", "target", "format", "precision", "threads")
             changed = [f"{k}: file has {(model.get('signature') or {}).get(k)!r}, this device {want[k]!r}"
                        for k in keys if (model.get("signature") or {}).get(k) != want[k]]
@@ -489,13 +526,13 @@ class Release:
             path = work / "latency-model.json"
             work.mkdir(parents=True, exist_ok=True)
             try:
-                model = build_latency_model(self.supernet, path, ts, samples=s.latency_samples, seed=s.seed,
+                model = build_latency_model(sn, path, ts, samples=s.latency_samples, seed=s.seed,
                                             resume=path.exists(), calib=calib, progress=self.progress)
             except LatencyModelError as exc:
                 if not path.exists() or "--resume" not in str(exc) and "--fresh" not in str(exc):
                     raise
                 _say(f"{dev.name}: the latency model in {path} does not apply any more; measuring again ({exc})")
-                model = build_latency_model(self.supernet, path, ts, samples=s.latency_samples, seed=s.seed,
+                model = build_latency_model(sn, path, ts, samples=s.latency_samples, seed=s.seed,
                                             fresh=True, calib=calib, progress=self.progress)
             entry["latency_model"] = {"file": f"{dev.name}/work/latency-model.json", "built": True}
         held = model.get("held_out") or {}
@@ -622,7 +659,7 @@ class Release:
                     log.debug("device %s failed:\n%s", dev.name, traceback.format_exc())
                 entry = {"device": dev.name, "target": dev.target, "budget": dev.budget, "unit": dev.unit,
                          "formats": dev.formats, "precisions": dev.precisions, "threads": dev.threads,
-                         "digest": digest, "status": "failed", "reason": reason, "seconds": round(time.time() - t0, 1)}
+                         "supernet": str(self.supernet_of(dev)), "digest": digest, "status": "failed", "reason": reason, "seconds": round(time.time() - t0, 1)}
             entry["key"] = key
             entry["released_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             entry["reused"] = False
@@ -654,6 +691,13 @@ class Release:
                  "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         write_json(self.out / "index.json", index)
         (self.out / "README.md").write_text(readme(index))
+
+
+def _same_data(a: str, b: str) -> bool:
+    """Whether two data names (fashion-mnist, or a folder / .npz path) are the same data."""
+    if "fashion-mnist" in (a, b):
+        return a == b
+    return Path(a).resolve() == Path(b).resolve()
 
 
 def _bundle_intact(bundle: Path) -> bool:
@@ -696,6 +740,7 @@ def table_row(e: dict) -> dict:
     ev = e.get("eval") or {}
     return {"device": e["device"], "status": e["status"] + (" (reused)" if e.get("reused") else ""),
             "target": e["target"], "budget": f"{e['budget']:g} {e['unit']}", "model": e.get("model_id"),
+            "supernet": Path(e["supernet"]).name if e.get("supernet") else None,
             "MMACs": e.get("mmacs"), "predicted ms": e.get("predicted_ms"), "measured p50 ms": e.get("measured_ms"),
             "measured file": e.get("headline_file"), "het R@1": ev.get("het_r1"),
             "gap to paragon": ev.get("gap_to_paragon"), "checks": _checks_cell(e)}
@@ -708,8 +753,10 @@ def readme(index: dict) -> str:
         r["files"] = _files_cell(e) if e["status"] == "ok" or e.get("files") else f"- ({e.get('reason', '')})"
         rows.append(r)
     par = index.get("paragon")
+    own = sorted({e["supernet"] for e in index["devices"] if e.get("supernet")} - {index["supernet"]})
     lines = ["# Release", "",
-             f"Supernet `{index['supernet']}`, gallery `{index['gallery']}`, devices `{index['devices_file']}`; "
+             f"Supernet `{index['supernet']}`" + (f" (devices naming their own: {', '.join(f'`{x}`' for x in own)})"
+                                                   if own else "") + f", gallery `{index['gallery']}`, devices `{index['devices_file']}`; "
              f"hetsearch {index['hetsearch']}; updated {index['updated_at']}.", ""]
     if par:
         lines += [f"Heterogeneous R@1: each released query model (finetuned, PyTorch) embeds the queries, the gallery "
@@ -719,7 +766,8 @@ def readme(index: dict) -> str:
                   "model is in its checks (the compatibility gate of `hetsearch export`).", ""]
     lines += ["Predicted ms: the device's latency model (none for an MMACs budget without one); measured p50: the "
               "profiler on the device, for the file named.", "",
-              markdown_table(rows, ["device", "status", "target", "budget", "model", "MMACs", "predicted ms",
+              markdown_table(rows, ["device", "status", "target", "budget", "model", *(["supernet"] if own else []),
+                                    "MMACs", "predicted ms",
                                     "measured p50 ms", "measured file", "het R@1", "gap to paragon", "checks", "files"],
                              digits=4), ""]
     failed = [e for e in index["devices"] if e["status"] != "ok"]
@@ -753,12 +801,14 @@ devices.toml:
   budget_mmacs = 0.4
   formats = ["onnx"]
   precisions = ["fp32"]
+  supernet = "runs/sn-h1"         # optional: search this device in another supernet (relative to this file)
 
 Per device: latency model (ms budgets; built in OUT/<device>/work/latency-model.json, reused while its settings
 hold, or latency_model = FILE), search, finetune, export with the checks, profile on the device, R@1 on the test
 split. Writes OUT/<device>/bundle/, OUT/index.json and OUT/README.md. A failed device is recorded with its reason
 and the others continue (exit status 1); devices.toml errors exit 2. A re-run reuses finished devices whose
-configuration (device entry, supernet, gallery, settings) is unchanged.
+configuration (device entry, its supernet, gallery, settings) is unchanged. A device's own supernet must have been
+trained on --supernet's data against the same gallery (one test split for all devices).
 """
 
 

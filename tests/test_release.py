@@ -11,7 +11,7 @@ import pytest
 from hetsearch import manifest as mf
 from hetsearch.cli import main
 from hetsearch.cmpnas.nas import SupernetConfig, largest_arch, smallest_arch
-from hetsearch.cmpnas.nas.space import arch_macs
+from hetsearch.cmpnas.nas.space import arch_macs, arch_to_spec
 from hetsearch.sdk.model import QueryModel
 from test_nas_search import TINY
 from test_profile import sshd  # noqa: F401  (fixture: the project's sshd on loopback, skipped with a reason)
@@ -170,6 +170,51 @@ precisions = ["int8"]
     assert d["model_id"].endswith("-qat") and man["checks"][e["path"]]["status"] == "passed"
 
 
+def _supernet(gallery, out, space: dict, *extra):
+    (out.parent / f"{out.name}.json").write_text(json.dumps(space))
+    assert main(["nas", "supernet", "--gallery", str(gallery), "--out", str(out), "--space",
+                 str(out.parent / f"{out.name}.json"), "--epochs", "1", "--max-train-samples", "1000",
+                 "--max-val-samples", "100", "--batch-size", "64", "--num-random", "1", "--threads", "1",
+                 "--no-progress", *extra]) == 0
+    return out
+
+
+def test_a_device_is_searched_in_the_supernet_it_names(trained, tmp_path, capsys):
+    """devices.toml `supernet = DIR` (relative to the file): that device is searched and finetuned in its own
+    supernet; a device whose supernet was trained on other data fails with the reason, the others go on."""
+    other = {**TINY, "head": {"channels": 32, "act": "hswish"}, "widths": [0.25, 0.5]}
+    own = _supernet(trained / "gallery", tmp_path / "sn-own", other)
+    held = _supernet(trained / "gallery", tmp_path / "sn-open", TINY, "--open-set-classes", "9", "--compat", "l2")
+    cfg = SupernetConfig.load(own)
+    lo, hi = (arch_macs(cfg, a) / 1e6 for a in (smallest_arch(cfg), largest_arch(cfg)))
+    dev = '[devices.{name}]\ntarget = "local"\nbudget_mmacs = {b}\nformats = ["onnx"]\nprecisions = ["fp32"]\n'
+    (tmp_path / "devices.toml").write_text(
+        TINY_RELEASE + "\n" + dev.format(name="own", b=round((lo + hi) / 2, 4)) + 'supernet = "sn-own"\n\n'
+        + dev.format(name="open", b=round((lo + hi) / 2, 4)) + 'supernet = "sn-open"\n')
+    out = tmp_path / "release"
+    assert main(["release", "--supernet", str(trained / "sn"), "--gallery", str(trained / "gallery"),
+                 "--devices", str(tmp_path / "devices.toml"), "--out", str(out), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert f"own: searching {own} under" in err
+    index = json.loads((out / "index.json").read_text())
+    d, bad = index["devices"]
+    assert d["status"] == "ok", d.get("reason")
+    assert d["supernet"] == str(own) and d["mmacs"] <= d["budget"]
+    assert d["search"]["arch"]["width"] in (0.25, 0.5)
+    meta = json.loads((out / "own" / "work" / "cmpnas-own" / "meta.json").read_text())
+    assert (out / "own" / "work" / "cmpnas-own" / meta["nas"]["supernet"]).resolve() == own.resolve()
+    arch = d["search"]["arch"]
+    assert meta["spec"]["head"] == arch_to_spec(cfg, arch)["head"]  # the own supernet's head (32 wide at width 1)
+    assert meta["spec"]["head"] != arch_to_spec(SupernetConfig.load(trained / "sn"), arch)["head"]  # not --supernet's
+    assert bad["status"] == "failed" and bad["supernet"] == str(held)
+    assert bad["reason"] == (
+        f"the device's supernet {held} was trained on fashion-mnist (held-out classes ['Ankle boot']), --supernet "
+        f"{trained / 'sn'} on fashion-mnist (held-out classes none): one release evaluates every device on one test "
+        "split, so train both supernets on the same data")
+    readme = (out / "README.md").read_text()
+    assert "devices naming their own" in readme and "| sn-own |" in readme
+
+
 BAD = {
     "unknown key": ('[devices.a]\ntarget = "local"\nbudget_ms = 1\nformats = ["onnx"]\nprecisions = ["fp32"]\n'
                     'speed = 3\n', "[devices.a]: unknown key speed"),
@@ -193,6 +238,8 @@ BAD = {
                         'precisions = ["fp32"]\n', "[release]: unknown key epochs; allowed: batch_size"),
     "bad setting type": ('[release]\nfinetune_epochs = "3"\n', "[release] finetune_epochs must be int, got '3'"),
     "no devices": ('[release]\nfinetune_epochs = 3\n', "no devices"),
+    "supernet not there": ('[devices.a]\ntarget = "local"\nbudget_mmacs = 1\nformats = ["onnx"]\nprecisions = ["fp32"]\n'
+                           'supernet = "nowhere"\n', "[devices.a].supernet: "),
     "unknown table": ('[device.a]\ntarget = "local"\n', "unknown key device; allowed: devices, release"),
     "not toml": ('[devices.a\ntarget = "local"\n', "is not valid TOML"),
 }
