@@ -18,10 +18,12 @@ Layouts (the default space's stage layout is ``hires0``):
 (Input resolutions are not offered: ``train_query`` builds a model at the data's input size, so a subnet drawn
 at another resolution would be trained, and costed, as something it is not.)
 
-    python -m benchmarks.bench_layout --gallery runs/gallery --budgets 1.299,0.401 --layouts hires0,hires1 --n 6
+    python -m benchmarks.bench_layout --gallery runs/gallery --budgets 1.299,0.401 --layouts hires0,hires1,hires1-end4 \
+        --n 6 --seed-spread 1,2
 
-Every trained subnet lands in WORK/<budget>-<layout>-<i>/ and is reused when it was trained with the same spec and
-settings. Writes OUT.json, OUT.md and OUT.png (validation R@1 vs MMACs per layout).
+Every trained subnet lands in WORK/<budget>-<layout>-<i>/ (a --seed-spread retraining in ...-s<seed>/) and is reused
+when it was trained with the same spec and settings. Writes OUT.json, OUT.md and OUT.png (validation R@1 vs MMACs per
+layout).
 """
 
 from __future__ import annotations
@@ -224,7 +226,8 @@ def run(args) -> dict:
                 s["vs_first"], s["vs_first_se"] = welch(v, by_layout[layouts[0]])
             summary.append(s)
     result = {"benchmark": "layout", "split": "validation (6,000 images)", "seed": args.seed, "epochs": args.epochs,
-              "compat": compat, "layouts": layouts, "budgets": budgets, "n": args.n, "summary": summary, "rows": rows, "seed_spread": spread}
+              "compat": compat, "layouts": layouts, "budgets": budgets, "n": args.n, "summary": summary, "rows": rows, "seed_spread": spread,
+              "spread_layout": args.spread_layout if spread else None}
     write_json(out.with_suffix(".json"), result)
     md_rows = [{"budget": s["budget"], "layout": s["layout"], "n": s["n"],
                 "mean": f"{s['mean']:.2f} ± {s['std']:.2f}", "best": f"{s['best']:.2f}",

@@ -67,6 +67,20 @@ def layout_table() -> str:
     return "\n".join(out)
 
 
+def layout_spread_table() -> str:
+    """One architecture trained with several seeds next to the spread between architectures (layout.json)."""
+    d = _load("layout.json")
+    lay = d["spread_layout"]
+    pool = {r["budget"]: r["std"] for r in d["summary"] if r["layout"] == lay}
+    out = ["| budget (MMACs) | model | validation R@1 per seed | mean ± std over seeds | "
+           f"std over the {d['n']} `{lay}` architectures (one seed each) |", "|---|---|---|---|---|"]
+    for r in d["seed_spread"]:
+        mean = sum(r["r1"]) / len(r["r1"])
+        out.append(f"| {r['budget']:g} | {r['model']} | {' / '.join(f'{v:.2f}' for v in r['r1'])} (seeds "
+                   f"{', '.join(map(str, r['seeds']))}) | {mean:.2f} ± {r['std']:.2f} | {pool[r['budget']]:.2f} |")
+    return "\n".join(out)
+
+
 def export_int8_table() -> str:
     """int8 parity and R@1 change per model and format (export.json)."""
     d = _load("export.json")
@@ -127,7 +141,7 @@ def server_table() -> str:
     return "\n".join(out)
 
 
-BLOCKS = {"nas": nas_table, "layout": layout_table, "export-int8": export_int8_table, "export-qat": export_qat_table,
+BLOCKS = {"nas": nas_table, "layout": layout_table, "layout-spread": layout_spread_table, "export-int8": export_int8_table, "export-qat": export_qat_table,
           "server-concurrency": server_table}
 
 
