@@ -77,6 +77,9 @@ def parse_args(argv=None):
         p.error(f"--seed-spread takes a comma list of integer seeds, got {args.seed_spread!r}")
     if args.seed in args.spread_seeds:
         p.error(f"--seed-spread repeats the training seed {args.seed}: give other seeds")
+    if args.spread_seeds and args.spread_layout not in args.layouts.split(","):
+        p.error(f"--spread-layout {args.spread_layout} is not among --layouts {args.layouts}: its spread between "
+                "architectures would not be measured")
     return args
 
 
@@ -226,8 +229,8 @@ def run(args) -> dict:
                 s["vs_first"], s["vs_first_se"] = welch(v, by_layout[layouts[0]])
             summary.append(s)
     result = {"benchmark": "layout", "split": "validation (6,000 images)", "seed": args.seed, "epochs": args.epochs,
-              "compat": compat, "layouts": layouts, "budgets": budgets, "n": args.n, "summary": summary, "rows": rows, "seed_spread": spread,
-              "spread_layout": args.spread_layout if spread else None}
+              "compat": compat, "layouts": layouts, "budgets": budgets, "n": args.n, "summary": summary, "rows": rows,
+              "seed_spread": spread, "spread_layout": args.spread_layout if spread else None}
     write_json(out.with_suffix(".json"), result)
     md_rows = [{"budget": s["budget"], "layout": s["layout"], "n": s["n"],
                 "mean": f"{s['mean']:.2f} ± {s['std']:.2f}", "best": f"{s['best']:.2f}",
@@ -254,7 +257,7 @@ def run(args) -> dict:
                markdown_table([{"budget": x["budget"], "model": x["model"],
                                 "r1": " / ".join(f"{v:.2f}" for v in x["r1"]),
                                 "mean": f"{statistics.mean(x['r1']):.2f} ± {x['std']:.2f}",
-                                "pool": f"{pool.get((x['budget'], args.spread_layout), float('nan')):.2f}"}
+                                "pool": f"{pool[(x['budget'], args.spread_layout)]:.2f}"}
                                for x in spread], ["budget", "model", "r1", "mean", "pool"],
                               headers={"r1": f"validation R@1, seeds {', '.join(map(str, spread[0]['seeds']))}",
                                        "mean": "mean ± std over seeds",

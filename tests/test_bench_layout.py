@@ -60,6 +60,7 @@ def test_welch_difference_and_standard_error():
     (["--seed-spread", "1,x"], "--seed-spread takes a comma list of integer seeds"),
     (["--seed-spread", "0,1"], "--seed-spread repeats the training seed 0"),
     (["--seed-spread", "1", "--spread-layout", "res36"], "unknown --spread-layout 'res36'"),
+    (["--seed-spread", "1", "--layouts", "hires0"], "--spread-layout hires1 is not among --layouts hires0"),
 ])
 def test_bad_seed_spread_arguments_are_refused(argv, message, capsys):
     with pytest.raises(SystemExit):
