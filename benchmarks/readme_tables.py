@@ -141,8 +141,8 @@ def server_table() -> str:
     return "\n".join(out)
 
 
-BLOCKS = {"nas": nas_table, "layout": layout_table, "layout-spread": layout_spread_table, "export-int8": export_int8_table, "export-qat": export_qat_table,
-          "server-concurrency": server_table}
+BLOCKS = {"nas": nas_table, "layout": layout_table, "layout-spread": layout_spread_table,
+          "export-int8": export_int8_table, "export-qat": export_qat_table, "server-concurrency": server_table}
 
 
 def render(text: str) -> str:
