@@ -240,7 +240,7 @@ def parse_device(name: str, entry: Any, base: Path) -> Device:
         from hetsearch.cmpnas.nas.supernet import SUPERNET_FILE
 
         p = Path(entry["supernet"]).expanduser()
-        p = p if p.is_absolute() else base / p
+        p = (p if p.is_absolute() else base / p).resolve()
         if not (p / SUPERNET_FILE).is_file():
             raise ReleaseConfigError(f"{where}.supernet: {p} holds no {SUPERNET_FILE} (a `hetsearch nas supernet` "
                                      "folder, relative to devices.toml)")
