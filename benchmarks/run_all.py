@@ -8,7 +8,7 @@ bench_train (cached vs live gallery targets), bench_compat (parameter-level comp
 (closed- vs open-set compatibility per loss), bench_layout (the search space's stage layout, random subnets trained
 from scratch), bench_nas (the paper-style table; it first trains the 14x14-layout supernet it searches the larger
 budgets in), bench_latency_model (latency models
-of bench_nas's supernet measured on this machine, held-out error), bench_export (formats,
+of bench_nas's two supernets measured on this machine, held-out error), bench_export (formats,
 parity, compatibility, latency), bench_server (in-process faiss vs gRPC), bench_sdk (SDK overhead) and bench_scale
 (indexing on Ray vs in-process; search on the faiss vs the Milvus backend at 100k vectors).
 A benchmark that fails is reported and the rest continue.
@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--gallery", default=None, help="a trained gallery checkpoint (default: train runs/gallery)")
     ap.add_argument("--only", default=None,
-                    help="comma list of: train,compat,openset,layout,nas,latency,export,server,sdk,scale")
+                    help="comma list of: train,compat,openset,layout,nas,latency,latency-h1,export,server,sdk,scale")
     args = ap.parse_args(argv)
     py = sys.executable
     q = ["--quick"] if args.quick else []
@@ -63,6 +63,9 @@ def main(argv=None) -> int:
                 *([] if args.quick else ["--seeds", "0,1,2,3,4"]),
                 "--budget-supernet", f"1.299,0.401,1.124={H1}", *q],
         "latency": [py, "-m", "benchmarks.bench_latency_model", "--supernet", "benchmarks/results/nas-work/supernet", *q],
+        # the 14x14 layout's subnets are slower per MAC: its own latency model (nas trains that supernet first)
+        "latency-h1": [py, "-m", "benchmarks.bench_latency_model", "--supernet", H1, "--out",
+                       "benchmarks/results/latency-h1", *q],
         "export": [py, "-m", "benchmarks.bench_export", "--gallery", gallery,
                    "--query", "runs/bench-compat/mbv3-small-bct-l2", *q],
         "server": [py, "-m", "benchmarks.bench_server", *q],
