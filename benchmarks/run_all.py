@@ -63,7 +63,7 @@ def main(argv=None) -> int:
                 *([] if args.quick else ["--seeds", "0,1,2,3,4"]),
                 "--budget-supernet", f"1.299,0.401,1.124={H1}", *q],
         "latency": [py, "-m", "benchmarks.bench_latency_model", "--supernet", "benchmarks/results/nas-work/supernet", *q],
-        # the 14x14 layout's subnets are slower per MAC: its own latency model (nas trains that supernet first)
+        # the 14x14-layout supernet gets its own latency model (a model prices one space; nas trains it first)
         "latency-h1": [py, "-m", "benchmarks.bench_latency_model", "--supernet", H1, "--out",
                        "benchmarks/results/latency-h1", *q],
         "export": [py, "-m", "benchmarks.bench_export", "--gallery", gallery,
