@@ -187,6 +187,12 @@ def run_hand(args, seed: int, ctx: dict) -> list[dict]:
     return _cached_rows(work / "rows-hand.json", key, go)
 
 
+def _stage_dir(work: Path, stem: str, budget: float, g: dict) -> Path:
+    """A per-budget stage folder of supernet group ``g``: another supernet's stages get their own folders, so a
+    budget moved between supernets keeps the checkpoints of both (the default supernet keeps the old names)."""
+    return work / f"{stem}{budget:g}{g['suffix']}"
+
+
 def run_nas(args, seed: int, ctx: dict) -> list[dict]:
     """The searches of one seed (evolution + its random baseline, one per supernet) and the finetuning of both
     winners per budget."""
@@ -224,11 +230,10 @@ def _run_nas_group(args, seed: int, ctx: dict, g: dict) -> list[dict]:
                     rows.append({"method": METHODS[2], "arch": ck.name, "budget": b, "mmacs": ck.macs / 1e6, "r1": het,
                                  "het_r1": het, "homo_r1": homo, "seed": seed,
                                  "val_het_r1": search["best"][f"{b:g}"]["het_r1"]})
-                # another supernet's stages get their own folders (a budget moved between supernets keeps both)
-                ft_dir = work / f"finetune-{'random-' if tag else ''}{b:g}{g['suffix']}"
+                ft_dir = _stage_dir(work, f"finetune-{'random-' if tag else ''}", b, g)
                 pool = search["random"]["evaluated"] if tag else search["evaluated"]
                 subnet, rr = _finalist(args, seed, ctx, g["sn"], pool, b, sub_dir,
-                                       work / f"rerank-{'random-' if tag else ''}{b:g}{g['suffix']}")
+                                       _stage_dir(work, f"rerank-{'random-' if tag else ''}", b, g))
                 ck = _trained(ft_dir, key, lambda: finetune_subnet(train_data, g["sn"], subnet, gck, ft_dir,
                                                               _ft_cfg(args, seed, ctx), progress=progress))
                 het, homo = _het_homo(ck.model, test, g_test)
@@ -267,9 +272,9 @@ def _run_extra_group(args, seed: int, ctx: dict, g: dict) -> list[dict]:
             _mark_done(se, skey)
         rows = []
         for b in search["budgets"]:
-            ft_dir = work / f"finetune-extra-{b:g}{g['suffix']}"
+            ft_dir = _stage_dir(work, "finetune-extra-", b, g)
             subnet, rr = _finalist(args, seed, ctx, g["sn"], search["evaluated"], b, se / budget_dirname(b),
-                                   work / f"rerank-extra-{b:g}{g['suffix']}")
+                                   _stage_dir(work, "rerank-extra-", b, g))
             ck = _trained(ft_dir, key, lambda: finetune_subnet(ctx["train"], g["sn"], subnet, ctx["gallery"],
                                                           ft_dir, _ft_cfg(args, seed, ctx),
                                                           progress=not args.no_progress))
