@@ -328,17 +328,20 @@ class Release:
         for what, p, f in (("--supernet", self.supernet, SUPERNET_FILE), ("--gallery", self.gallery_dir, CKPT_NAME)):
             if not (p / f).is_file():
                 raise HetsearchError(f"{what} {p}: no {f} there")
+        self._sn_inputs: dict[Path, dict] = {}
         self.inputs = {**self.supernet_inputs(self.supernet),
                        "gallery_sha256": mf.sha256_path(self.gallery_dir / CKPT_NAME)}
         self._loaded: dict[Path, Any] = {}
         self._test = None
 
-    @staticmethod
-    def supernet_inputs(sn: Path) -> dict:
-        from hetsearch.cmpnas.nas.supernet import SUPERNET_FILE
+    def supernet_inputs(self, sn: Path) -> dict:
+        """A supernet's file digests, hashed once per release run (every device's key names its supernet's)."""
+        if sn not in self._sn_inputs:
+            from hetsearch.cmpnas.nas.supernet import SUPERNET_FILE
 
-        return {"supernet_sha256": mf.sha256_path(sn / SUPERNET_FILE),
-                "supernet_config_sha256": mf.sha256_path(sn / "config.json")}
+            self._sn_inputs[sn] = {"supernet_sha256": mf.sha256_path(sn / SUPERNET_FILE),
+                                   "supernet_config_sha256": mf.sha256_path(sn / "config.json")}
+        return self._sn_inputs[sn]
 
     def supernet_of(self, dev: Device) -> Path:
         return Path(dev.supernet) if dev.supernet else self.supernet
