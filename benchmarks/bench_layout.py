@@ -86,13 +86,14 @@ def parse_args(argv=None):
 def space(hires_choices=(0, 1), strides=None):
     """The default supernet space with the given hires choices (and the resolutions the first study drew from,
     so that its draws, and the models trained on them, stay the same) and, when given, other stage strides."""
+    from dataclasses import replace
+
     from hetsearch.cmpnas.nas.space import SupernetConfig
 
     cfg = SupernetConfig(resolutions=[28, 32, 36], hires=list(hires_choices))
-    if strides is not None:
-        cfg = SupernetConfig.from_dict({**cfg.to_dict(), "stages": [
-            {**st, "stride": int(s)} for st, s in zip(cfg.stages, strides, strict=True)]})
-    return cfg
+    if strides is None:
+        return cfg
+    return replace(cfg, stages=[{**st, "stride": int(s)} for st, s in zip(cfg.stages, strides, strict=True)])
 
 
 def layout_space(layout: str):
@@ -147,21 +148,22 @@ def train(d: Path, spec, cfg, ctx) -> dict:
             "dir": d.name}
 
 
-def seed_spread(b: float, args, cfg, ctx, hand: str | None) -> list[dict]:
-    """The first ``--spread-layout`` subnet of budget ``b`` and its preset, trained with the seed and every
-    ``--seed-spread`` seed: their validation R@1 per seed and its std."""
+def seed_spread(b: float, args, cfg, ctx, rows: list[dict]) -> list[dict]:
+    """The first ``--spread-layout`` subnet of budget ``b`` and its preset (their ``--seed`` runs are in ``rows``)
+    trained again with every ``--seed-spread`` seed: their validation R@1 per seed and its std."""
     from dataclasses import replace
 
     from hetsearch.cmpnas.nas.space import arch_to_spec
 
     lay = args.spread_layout
-    arch, _ = draws(b, lay, 1)[0]  # the layout's subnet #0
-    models = [(f"`{lay}` #0", arch_to_spec(layout_space(lay), arch), f"{b:g}-{lay}-0")]
+    first = next(r for r in rows if r["budget"] == b and r["layout"] == lay)  # the layout's subnet #0
+    models = [(f"`{lay}` #0", arch_to_spec(layout_space(lay), first["arch"]), f"{b:g}-{lay}-0", first)]
+    hand = next((r for r in rows if r["budget"] == b and r["layout"].startswith("preset ")), None)
     if hand:
-        models.append((f"preset `{hand}`", hand, f"{b:g}-{hand}"))
+        models.append((f"preset `{hand['arch']}`", hand["arch"], f"{b:g}-{hand['arch']}", hand))
     out = []
-    for name, spec, base in models:
-        r1 = [train(ctx["work"] / base, spec, cfg, ctx)["val_het_r1"]]
+    for name, spec, base, done in models:
+        r1 = [done["val_het_r1"]]
         for seed in args.spread_seeds:
             r1.append(train(ctx["work"] / f"{base}-s{seed}", spec, replace(cfg, seed=seed), ctx)["val_het_r1"])
             print(f"{b:g} MMACs {name}, seed {seed}: validation R@1 {r1[-1]:.2f}", flush=True)
@@ -220,7 +222,7 @@ def run(args) -> dict:
             hand_r1 = r["val_het_r1"]
             rows.append({"budget": b, "layout": f"preset {hand[0]}", "mmacs": presets[hand[0]], "arch": hand[0], **r})
         if args.spread_seeds:
-            spread += seed_spread(b, args, cfg, ctx, hand[0] if hand else None)
+            spread += seed_spread(b, args, cfg, ctx, rows)
         for lay, v in by_layout.items():
             s = {"budget": b, "layout": lay, "n": len(v), "mean": statistics.mean(v),
                  "std": statistics.stdev(v) if len(v) > 1 else float("nan"), "best": max(v), "hand": hand[0] if hand else None,
