@@ -187,6 +187,20 @@ def run_hand(args, seed: int, ctx: dict) -> list[dict]:
     return _cached_rows(work / "rows-hand.json", key, go)
 
 
+def _search(args, seed: int, ctx: dict, g: dict, se: Path, skey: dict, budgets: list[float], **kw) -> dict:
+    """Group ``g``'s search of ``budgets`` into ``se``: reused when it finished under ``skey``, else run."""
+    from hetsearch.cmpnas.nas.search import SearchConfig, run_search
+
+    if (se / "search.json").exists() and _done(se, skey):
+        return json.loads((se / "search.json").read_text())
+    search = run_search(g["sn"], ctx["train"], ctx["gallery"], se, budgets, reward=args.reward,
+                        scfg=SearchConfig(population=args.population, generations=args.generations, seed=seed,
+                                          tie_tolerance=args.tie_tolerance),
+                        max_val_samples=args.max_val_samples, progress=not args.no_progress, **kw)
+    _mark_done(se, skey)
+    return search
+
+
 def _stage_dir(work: Path, stem: str, budget: float, g: dict) -> Path:
     """A per-budget stage folder of supernet group ``g``: another supernet's stages get their own folders, so a
     budget moved between supernets keeps the checkpoints of both (the default supernet keeps the old names)."""
@@ -202,7 +216,7 @@ def run_nas(args, seed: int, ctx: dict) -> list[dict]:
 
 def _run_nas_group(args, seed: int, ctx: dict, g: dict) -> list[dict]:
     from hetsearch.cmpnas.checkpoint import load_checkpoint
-    from hetsearch.cmpnas.nas.search import SearchConfig, budget_dirname, finetune_subnet, run_search
+    from hetsearch.cmpnas.nas.search import budget_dirname, finetune_subnet
 
     work = ctx["work"] / f"seed-{seed}"
     key = dict(g["key"]) | {"seed": seed}
@@ -213,14 +227,7 @@ def _run_nas_group(args, seed: int, ctx: dict, g: dict) -> list[dict]:
     def go():
         rows = []
         se = work / f"search{g['suffix']}"
-        if (se / "search.json").exists() and _done(se, skey):
-            search = json.loads((se / "search.json").read_text())
-        else:
-            search = run_search(g["sn"], train_data, gck, se, g["budgets"], reward=args.reward,
-                                scfg=SearchConfig(population=args.population, generations=args.generations, seed=seed,
-                                                  tie_tolerance=args.tie_tolerance),
-                                max_val_samples=args.max_val_samples, progress=progress)
-            _mark_done(se, skey)
+        search = _search(args, seed, ctx, g, se, skey, g["budgets"])
         for tag, method in (("", METHODS[3]), ("random/", METHODS[4])):
             for b in search["budgets"]:
                 sub_dir = se / tag / budget_dirname(b)
@@ -252,7 +259,7 @@ def run_extra(args, seed: int, ctx: dict) -> list[dict]:
 
 
 def _run_extra_group(args, seed: int, ctx: dict, g: dict) -> list[dict]:
-    from hetsearch.cmpnas.nas.search import SearchConfig, budget_dirname, finetune_subnet, run_search
+    from hetsearch.cmpnas.nas.search import budget_dirname, finetune_subnet
 
     budgets = g["extra"]
     work = ctx["work"] / f"seed-{seed}"
@@ -261,15 +268,7 @@ def _run_extra_group(args, seed: int, ctx: dict, g: dict) -> list[dict]:
 
     def go():
         se = work / f"search-extra{g['suffix']}"
-        if (se / "search.json").exists() and _done(se, skey):
-            search = json.loads((se / "search.json").read_text())
-        else:
-            search = run_search(g["sn"], ctx["train"], ctx["gallery"], se, budgets, reward=args.reward,
-                                scfg=SearchConfig(population=args.population, generations=args.generations, seed=seed,
-                                                  tie_tolerance=args.tie_tolerance),
-                                random_baseline=False, max_val_samples=args.max_val_samples,
-                                progress=not args.no_progress)
-            _mark_done(se, skey)
+        search = _search(args, seed, ctx, g, se, skey, budgets, random_baseline=False)
         rows = []
         for b in search["budgets"]:
             ft_dir = _stage_dir(work, "finetune-extra-", b, g)
